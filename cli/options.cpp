@@ -1,0 +1,136 @@
+#include "options.hpp"
+
+#include <weldr/pool.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <charconv>
+#include <thread>
+
+namespace weldr::cli {
+
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
+  std::uint64_t value = 0;
+  const char* first = text.data();
+  const char* last = text.data() + text.size();
+  auto [end, ec] = std::from_chars(first, last, value);
+  if (ec != std::errc{} || end == first) return std::nullopt;
+  const std::string_view unit(end, static_cast<std::size_t>(last - end));
+  std::uint64_t scale = 0;
+  if (unit == "ms") {
+    scale = 1;
+  } else if (unit == "s" || unit.empty()) {
+    scale = 1000;
+  } else if (unit == "m") {
+    scale = 60 * 1000;
+  } else if (unit == "h") {
+    scale = 3600 * 1000;
+  } else {
+    return std::nullopt;
+  }
+  constexpr std::uint64_t kMaxMs = 365ULL * 24 * 3600 * 1000;
+  if (value > kMaxMs / scale) return std::nullopt;
+  return std::chrono::milliseconds(value * scale);
+}
+
+std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text) {
+  std::error_code ec;
+  auto address = parse_backend_url(text, ec);  // same "host:port" grammar as backends
+  if (!address || text.find("://") != std::string_view::npos || text.find('/') != std::string_view::npos) {
+    return std::nullopt;
+  }
+  return asio::ip::tcp::endpoint(asio::ip::make_address(address->host), address->port);
+}
+
+namespace {
+
+// CLI11 validator for durations, so that bad values fail with CLI11's one-line message.
+struct DurationValidator : CLI::Validator {
+  DurationValidator() : CLI::Validator("DURATION") {
+    func_ = [](std::string& value) -> std::string {
+      return parse_duration(value) ? std::string{} : "invalid duration '" + value + "' (use e.g. 250ms, 2s, 1m)";
+    };
+  }
+};
+
+struct EndpointValidator : CLI::Validator {
+  EndpointValidator() : CLI::Validator("HOST:PORT") {
+    func_ = [](std::string& value) -> std::string {
+      return parse_endpoint(value) ? std::string{} : "invalid address '" + value + "' (use IP:PORT, e.g. 127.0.0.1:8080)";
+    };
+  }
+};
+
+struct UrlValidator : CLI::Validator {
+  UrlValidator() : CLI::Validator("URL") {
+    func_ = [](std::string& value) -> std::string {
+      std::error_code ec;
+      return parse_backend_url(value, ec) ? std::string{}
+                                          : "invalid server URL '" + value + "' (use http://IP:PORT or IP:PORT)";
+    };
+  }
+};
+
+}  // namespace
+
+ParseResult parse_options(int argc, const char* const* argv) {
+  Options o;
+  std::string connect_timeout = "1s";
+  std::string read_timeout = "30s";
+  std::string client_timeout = "10s";
+  std::string shutdown_timeout = "30s";
+  std::string log_level = "info";
+
+  CLI::App app{"weldr: an HTTP/1.1 reverse proxy and load balancer for dynamic fleets", "weldr-cli"};
+  app.set_version_flag("--version", std::string("weldr-cli ") + WELDR_VERSION);
+  app.add_option("--ip", o.listen, "Address the proxy listens on")->check(EndpointValidator{})->capture_default_str();
+  app.add_option("--admin-ip", o.admin_listen, "Address of the management API")
+      ->check(EndpointValidator{})
+      ->capture_default_str();
+  app.add_option("--server", o.servers, "Origin server URL (repeatable), e.g. http://127.0.0.1:12345")
+      ->check(UrlValidator{});
+  app.add_option("--threads", o.threads, "Worker threads, one event loop and listener each (default: cores)")
+      ->check(CLI::Range(1u, 1024u));
+  app.add_option("--connect-timeout", connect_timeout, "Timeout to connect to a backend")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--read-timeout", read_timeout, "Timeout for each read of a backend's response")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--client-timeout", client_timeout, "Timeout to receive a request head from a client")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--shutdown-timeout", shutdown_timeout, "Time in-flight requests get to finish on SIGTERM")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "error, warn, info or debug")
+      ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
+      ->capture_default_str();
+
+  ParseResult result;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForVersion&) {
+    result.message = std::string("weldr-cli ") + WELDR_VERSION + "\n";
+    return result;
+  } catch (const CLI::Success&) {  // --help
+    result.message = app.help();
+    return result;
+  } catch (const CLI::ParseError& e) {
+    result.exit_code = 2;
+    result.message = std::string("weldr-cli: ") + e.what() + " (see --help)";
+    return result;
+  }
+
+  o.proxy.connect_timeout = *parse_duration(connect_timeout);
+  o.proxy.read_timeout = *parse_duration(read_timeout);
+  o.proxy.client_header_timeout = *parse_duration(client_timeout);
+  o.shutdown_timeout = *parse_duration(shutdown_timeout);
+  o.log_level = *parse_log_level(log_level);
+  if (o.threads == 0) o.threads = std::max(1u, std::thread::hardware_concurrency());
+  o.proxy.reuse_port = o.threads > 1;
+  result.options = std::move(o);
+  return result;
+}
+
+}  // namespace weldr::cli

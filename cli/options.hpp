@@ -1,0 +1,42 @@
+#pragma once
+// weldr-cli's command line: parsing and validation, kept apart from main() so it can be tested.
+
+#include <weldr/log.hpp>
+#include <weldr/proxy.hpp>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace weldr::cli {
+
+/// Everything weldr-cli is configured with.
+struct Options {
+  std::string listen{"0.0.0.0:8080"};      ///< --ip
+  std::string admin_listen{"127.0.0.1:8687"};  ///< --admin-ip
+  std::vector<std::string> servers;        ///< --server, repeatable
+  unsigned threads{0};                     ///< --threads; 0 means one per core
+  LogLevel log_level{LogLevel::info};      ///< --log-level
+  std::chrono::milliseconds shutdown_timeout{30000};  ///< --shutdown-timeout
+  ProxyOptions proxy;                      ///< timeouts and limits
+};
+
+/// Outcome of parsing: either options, or an exit code and what to print.
+struct ParseResult {
+  std::optional<Options> options;  ///< set when weldr-cli should run
+  int exit_code{0};                ///< when not running: 0 after --help/--version, 2 on bad input
+  std::string message;             ///< help text, version, or a one-line error
+};
+
+/// Parses argv. Never throws and never prints.
+ParseResult parse_options(int argc, const char* const* argv);
+
+/// Parses "250ms", "2s", "1m", "1h" (a bare number means seconds). Nothing when invalid.
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+/// Parses "HOST:PORT" or "[V6]:PORT" with an IP literal host; nothing when invalid.
+std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text);
+
+}  // namespace weldr::cli

@@ -1,0 +1,106 @@
+#pragma once
+/// \file
+/// The HTTP/1.1 reverse proxy: one listening socket on a host-owned io_context.
+
+#include <asio/io_context.hpp>
+#include <asio/ip/tcp.hpp>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <system_error>
+
+namespace weldr {
+
+class Pool;
+namespace detail {
+struct ProxyImpl;
+}
+
+/// Limits and timeouts of a Proxy. Every wait has a timeout and every buffer a bound.
+struct ProxyOptions {
+  /// Time allowed to establish a TCP connection to a backend.
+  std::chrono::milliseconds connect_timeout{1000};
+  /// Time allowed between sending a request and each read of the backend's response.
+  std::chrono::milliseconds read_timeout{30000};
+  /// Time allowed to receive a complete request head, and between reads of a request body.
+  std::chrono::milliseconds client_header_timeout{10000};
+  /// How long an idle keep-alive client connection is kept open.
+  std::chrono::milliseconds client_idle_timeout{60000};
+  /// Time allowed for each write to a client or backend to make progress.
+  std::chrono::milliseconds send_timeout{30000};
+  /// How long an idle upstream connection stays in the keep-alive cache.
+  std::chrono::milliseconds upstream_idle_timeout{30000};
+  /// Largest request or response head accepted (431 / 502 beyond it).
+  std::size_t max_head_size{64 * 1024};
+  /// Largest number of header fields in a request head (431 beyond it).
+  std::size_t max_header_count{100};
+  /// Size of each streaming buffer (one per direction and connection).
+  std::size_t buffer_size{16 * 1024};
+  /// Idle keep-alive connections cached per backend.
+  std::size_t max_idle_per_backend{64};
+  /// Attempts on another backend after a connect failure or reset (idempotent requests only).
+  unsigned retries{1};
+  /// Set SO_REUSEPORT on the listening socket so that one Proxy per thread can share a port.
+  bool reuse_port{false};
+  /// Listen backlog.
+  int backlog{1024};
+  /// Value of X-Forwarded-Proto.
+  std::string forwarded_proto{"http"};
+  /// The pseudonym used in the Via header ("1.1 <via_name>").
+  std::string via_name{"weldr"};
+};
+
+/// Counters of one Proxy, readable while it runs (same thread as its io_context).
+struct ProxyCounters {
+  std::uint64_t connections_accepted{0};  ///< client connections accepted
+  std::uint64_t connections_open{0};      ///< client connections open now
+  std::uint64_t requests{0};              ///< requests received from clients
+  std::uint64_t responses_ok{0};          ///< complete responses relayed from backends
+  std::uint64_t responses_error{0};       ///< requests answered by weldr with an error or broken off
+  std::uint64_t upstream_connects{0};     ///< new connections opened to backends
+  std::uint64_t upstream_reuses{0};       ///< requests sent on a cached keep-alive connection
+  std::uint64_t retries{0};               ///< requests tried again on another backend
+};
+
+/// An HTTP/1.1 reverse proxy that balances over a Pool.
+///
+/// All work runs on the io_context given to the constructor, which must be run by a single
+/// thread; to use several cores, create one Proxy per thread and io_context with
+/// `reuse_port` set, all sharing one Pool. The Proxy starts no threads of its own.
+class Proxy {
+ public:
+  /// Creates a proxy that will run on `io` and pick backends from `pool`.
+  Proxy(asio::io_context& io, Pool& pool, ProxyOptions options = {});
+  /// Closes everything at once; call stop() first for a graceful end.
+  ~Proxy();
+  Proxy(const Proxy&) = delete;
+  Proxy& operator=(const Proxy&) = delete;
+
+  /// Binds and starts accepting on `endpoint` (port 0 picks a free port). Throws std::system_error.
+  void listen(const asio::ip::tcp::endpoint& endpoint);
+  /// Same as listen(endpoint), reporting failure through `ec` instead of throwing.
+  void listen(const asio::ip::tcp::endpoint& endpoint, std::error_code& ec);
+  /// The bound address (useful after listening on port 0).
+  [[nodiscard]] asio::ip::tcp::endpoint local_endpoint() const;
+
+  /// Graceful stop: stops accepting, closes idle client and upstream connections, lets requests
+  /// in flight finish, then calls `done` (on the io_context). Safe to call from the io_context's
+  /// thread only; use asio::post from elsewhere. Calling it again just adds another callback.
+  void stop(std::function<void()> done = {});
+  /// Like stop(), but connections still busy after `grace` are closed.
+  void stop(std::chrono::milliseconds grace, std::function<void()> done = {});
+
+  /// Current counters.
+  [[nodiscard]] ProxyCounters counters() const;
+  /// The options it runs with.
+  [[nodiscard]] const ProxyOptions& options() const;
+
+ private:
+  std::shared_ptr<detail::ProxyImpl> impl_;
+};
+
+}  // namespace weldr

@@ -1,0 +1,45 @@
+#include "http/message.hpp"
+
+#include <algorithm>
+#include <array>
+
+namespace weldr::http {
+
+void Head::clear() noexcept {
+  http_major = 1;
+  http_minor = 1;
+  method = 0;
+  method_name = {};
+  target = {};
+  status = 0;
+  reason = {};
+  fields.clear();
+  size = 0;
+  keep_alive = false;
+  chunked = false;
+  has_content_length = false;
+  content_length = 0;
+  upgrade = false;
+}
+
+namespace {
+constexpr char lower(char c) noexcept { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+}  // namespace
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+  return a.size() == b.size() &&
+         std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) { return lower(x) == lower(y); });
+}
+
+bool list_contains(std::string_view value, std::string_view token) noexcept {
+  bool found = false;
+  for_each_token(value, [&](std::string_view t) { found = found || iequals(t, token); });
+  return found;
+}
+
+bool is_idempotent(std::string_view method) noexcept {
+  static constexpr std::array<std::string_view, 6> kIdempotent{"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
+  return std::find(kIdempotent.begin(), kIdempotent.end(), method) != kIdempotent.end();
+}
+
+}  // namespace weldr::http

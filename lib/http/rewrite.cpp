@@ -1,0 +1,214 @@
+#include "http/rewrite.hpp"
+
+#include <array>
+#include <charconv>
+
+namespace weldr::http {
+
+namespace {
+
+// Fields that apply to one connection only (RFC 9110 §7.6.1) plus the proxy credentials of
+// §11.7, which are for this hop alone.
+constexpr std::array<std::string_view, 8> kHopByHop{
+    "connection", "keep-alive",          "proxy-connection",   "te",
+    "trailer",    "proxy-authorization", "proxy-authenticate", "upgrade",
+};
+
+// A client may name any field in Connection; these are never dropped that way, or a
+// request would change its framing or target between two hops.
+constexpr std::array<std::string_view, 3> kProtected{"content-length", "transfer-encoding", "host"};
+
+template <std::size_t N>
+bool in(const std::array<std::string_view, N>& set, std::string_view name) noexcept {
+  for (std::string_view s : set) {
+    if (iequals(s, name)) return true;
+  }
+  return false;
+}
+
+void collect_connection_tokens(const char* base, const Head& head, std::vector<std::string_view>& tokens) {
+  tokens.clear();
+  for (const Field& f : head.fields) {
+    if (iequals(f.name.view(base), "connection")) {
+      for_each_token(f.value.view(base), [&](std::string_view t) { tokens.push_back(t); });
+    }
+  }
+}
+
+bool is_hop_by_hop(std::string_view name, const std::vector<std::string_view>& tokens, bool keep_upgrade) {
+  if (keep_upgrade && iequals(name, "upgrade")) return false;
+  if (in(kHopByHop, name)) return true;
+  if (in(kProtected, name)) return false;
+  for (std::string_view t : tokens) {
+    if (iequals(t, name)) return true;
+  }
+  return false;
+}
+
+// Index of the last field called `name`, or -1.
+int last_index(const char* base, const Head& head, std::string_view name) {
+  int found = -1;
+  for (std::size_t i = 0; i < head.fields.size(); ++i) {
+    if (iequals(head.fields[i].name.view(base), name)) found = static_cast<int>(i);
+  }
+  return found;
+}
+
+void append_field(std::string& out, std::string_view name, std::string_view value) {
+  out.append(name).append(": ").append(value).append("\r\n");
+}
+
+void append_number(std::string& out, long long value) {
+  char buf[24];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, value);
+  (void)ec;
+  out.append(buf, end);
+}
+
+// Writes every end-to-end field, merging our entry into the last Via (and, for requests,
+// the client address into the last X-Forwarded-For) so each list stays one field.
+template <typename Skip>
+void copy_fields(std::string& out, const char* base, const Head& head, std::string_view via,
+                 std::string_view xff_entry, Skip&& skip) {
+  const int last_via = last_index(base, head, "via");
+  const int last_xff = xff_entry.empty() ? -1 : last_index(base, head, "x-forwarded-for");
+  for (std::size_t i = 0; i < head.fields.size(); ++i) {
+    const std::string_view name = head.fields[i].name.view(base);
+    const std::string_view value = head.fields[i].value.view(base);
+    if (skip(name)) continue;
+    out.append(name).append(": ").append(value);
+    if (static_cast<int>(i) == last_via) out.append(", ").append(via);
+    if (static_cast<int>(i) == last_xff) out.append(", ").append(xff_entry);
+    out.append("\r\n");
+  }
+  if (last_via < 0) append_field(out, "Via", via);
+  if (!xff_entry.empty() && last_xff < 0) append_field(out, "X-Forwarded-For", xff_entry);
+}
+
+// Splits an absolute-form target (RFC 9112 §3.2.2) into authority and origin-form path.
+bool split_absolute_form(std::string_view target, std::string_view& authority, std::string_view& path) {
+  std::size_t scheme_end = 0;
+  if (target.size() >= 7 && iequals(target.substr(0, 7), "http://")) {
+    scheme_end = 7;
+  } else if (target.size() >= 8 && iequals(target.substr(0, 8), "https://")) {
+    scheme_end = 8;
+  } else {
+    return false;
+  }
+  const std::string_view rest = target.substr(scheme_end);
+  const std::size_t end = rest.find_first_of("/?#");
+  authority = rest.substr(0, end);
+  path = end == std::string_view::npos ? std::string_view{} : rest.substr(end);
+  return true;
+}
+
+}  // namespace
+
+std::string_view validate_request(const char* base, const Head& head) {
+  int hosts = 0;
+  for (const Field& f : head.fields) {
+    if (iequals(f.name.view(base), "host")) ++hosts;
+  }
+  if (hosts > 1) return "more than one Host header";
+  if (hosts == 0 && head.is_http11()) return "missing Host header";
+  if (head.chunked && !head.is_http11()) return "Transfer-Encoding in an HTTP/1.0 request";
+  return {};
+}
+
+void write_request_head(std::string& out, const char* base, const Head& head, const RequestRewrite& rw,
+                        std::vector<std::string_view>& scratch) {
+  collect_connection_tokens(base, head, scratch);
+  std::string_view target = head.target.view(base);
+  std::string_view authority;
+  std::string_view path;
+  const bool absolute = split_absolute_form(target, authority, path);
+
+  out.append(head.method_name.view(base)).push_back(' ');
+  if (absolute) {
+    // The request-target's authority replaces Host (RFC 9112 §3.2.2); the origin gets origin-form.
+    if (path.empty() || path.front() != '/') out.push_back('/');
+    out.append(path);
+  } else {
+    out.append(target);
+  }
+  out.append(" HTTP/1.1\r\n");
+
+  std::string_view host;
+  const int host_index = last_index(base, head, "host");
+  if (absolute) {
+    host = authority;
+  } else if (host_index >= 0) {
+    host = head.fields[static_cast<std::size_t>(host_index)].value.view(base);
+  } else {
+    host = rw.default_host;
+  }
+  if (absolute || host_index < 0) append_field(out, "Host", host);
+
+  copy_fields(out, base, head, rw.via, rw.client_address, [&](std::string_view name) {
+    if (absolute && iequals(name, "host")) return true;
+    // Set by us, never trusted from the client.
+    if (iequals(name, "x-forwarded-proto") || iequals(name, "x-forwarded-host")) return true;
+    return is_hop_by_hop(name, scratch, head.upgrade);
+  });
+  append_field(out, "X-Forwarded-Proto", rw.proto);
+  if (!host.empty()) append_field(out, "X-Forwarded-Host", host);
+  if (head.upgrade) append_field(out, "Connection", "upgrade");
+  out.append("\r\n");
+}
+
+void write_response_head(std::string& out, const char* base, const Head& head, const ResponseRewrite& rw,
+                         std::vector<std::string_view>& scratch) {
+  collect_connection_tokens(base, head, scratch);
+  out.append("HTTP/1.1 ");
+  append_number(out, head.status);
+  out.push_back(' ');
+  out.append(head.reason.view(base)).append("\r\n");
+  copy_fields(out, base, head, rw.via, {}, [&](std::string_view name) {
+    if (rw.dechunk && iequals(name, "transfer-encoding")) return true;
+    return is_hop_by_hop(name, scratch, rw.upgrade);
+  });
+  if (rw.upgrade) {
+    append_field(out, "Connection", "upgrade");
+  } else if (rw.close) {
+    append_field(out, "Connection", "close");
+  } else if (rw.client_http10) {
+    append_field(out, "Connection", "keep-alive");
+  }
+  out.append("\r\n");
+}
+
+void write_error_response(std::string& out, int status, std::string_view reason, std::string_view body, bool close,
+                          std::string_view extra_headers) {
+  out.append("HTTP/1.1 ");
+  append_number(out, status);
+  out.push_back(' ');
+  out.append(reason.empty() ? reason_phrase(status) : reason).append("\r\n");
+  out.append("Content-Type: text/plain; charset=utf-8\r\nContent-Length: ");
+  append_number(out, static_cast<long long>(body.size()));
+  out.append("\r\n");
+  out.append(extra_headers);
+  if (close) out.append("Connection: close\r\n");
+  out.append("\r\n").append(body);
+}
+
+std::string_view reason_phrase(int status) noexcept {
+  switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+  }
+}
+
+}  // namespace weldr::http

@@ -1,0 +1,881 @@
+#include <weldr/proxy.hpp>
+
+#include <weldr/error.hpp>
+#include <weldr/pool.hpp>
+
+#include "http/parser.hpp"
+#include "http/rewrite.hpp"
+#include "log_internal.hpp"
+#include "net/buffer.hpp"
+#include "net/watchdog.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/experimental/awaitable_operators.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cerrno>
+#include <list>
+#include <unordered_map>
+#include <vector>
+
+namespace weldr {
+
+using asio::ip::tcp;
+using net::Watchdog;
+using std::chrono::milliseconds;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+// How long a closing connection keeps reading what the client still sends, so that our last
+// response is not destroyed by a TCP reset (the "lingering close" of nginx and Apache).
+constexpr milliseconds kLingerTime{2000};
+constexpr std::size_t kLingerBytes = 256 * 1024;
+
+void log_exception(std::exception_ptr e, std::string_view what) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    detail::log(LogLevel::error, "{}: unexpected exception: {}", what, ex.what());
+  } catch (...) {
+    detail::log(LogLevel::error, "{}: unexpected exception", what);
+  }
+}
+
+bool is_aborted(const std::error_code& ec) { return ec == asio::error::operation_aborted; }
+
+}  // namespace
+
+/// A keep-alive connection to a backend; it counts itself in the backend's connection gauge.
+struct UpstreamConnection {
+  UpstreamConnection(tcp::socket s, std::shared_ptr<Backend> b) : socket(std::move(s)), backend(std::move(b)) {
+    backend->add_connections(1);
+  }
+  ~UpstreamConnection() { backend->add_connections(-1); }
+  UpstreamConnection(const UpstreamConnection&) = delete;
+  UpstreamConnection& operator=(const UpstreamConnection&) = delete;
+
+  /// False when the backend closed it (or sent something unasked) while it sat idle.
+  bool still_open() {
+    char byte;
+    const ssize_t n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+  }
+
+  tcp::socket socket;
+  std::shared_ptr<Backend> backend;
+  clock_type::time_point idle_since{};
+};
+
+class Session;
+
+struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
+  ProxyImpl(asio::io_context& io_context, Pool& p, ProxyOptions o)
+      : io(io_context), pool(p), options(std::move(o)), acceptor(io_context), sweep_timer(io_context) {
+    via = "1.1 " + options.via_name;
+  }
+
+  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> sweep_loop();
+  std::unique_ptr<UpstreamConnection> take_idle(const std::shared_ptr<Backend>& backend);
+  void put_idle(std::unique_ptr<UpstreamConnection> connection);
+  void begin_stop(std::optional<milliseconds> grace, std::function<void()> done);
+  void close_all();
+  void session_ended(std::list<Session*>::iterator it);
+  void maybe_finish_stop();
+
+  asio::io_context& io;
+  Pool& pool;
+  ProxyOptions options;
+  std::string via;
+  tcp::acceptor acceptor;
+  asio::steady_timer sweep_timer;
+  std::unique_ptr<asio::steady_timer> grace_timer;
+  ProxyCounters counters;
+  std::list<Session*> sessions;
+  std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConnection>>> idle;
+  std::vector<std::function<void()>> stopped_callbacks;
+  bool stopping{false};
+};
+
+// ---------------------------------------------------------------------------------------------
+// Session: one client connection, one coroutine, requests served in order.
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(std::shared_ptr<detail::ProxyImpl> proxy, tcp::socket socket)
+      : proxy_(std::move(proxy)),
+        opts_(proxy_->options),
+        client_(std::move(socket)),
+        client_wd_(client_.get_executor()),
+        up_wd_(client_.get_executor()),
+        in_(opts_.buffer_size),
+        up_in_(opts_.buffer_size),
+        req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count),
+        resp_(http::Parser::Kind::response, opts_.max_head_size, opts_.max_header_count) {
+    std::error_code ec;
+    const auto remote = client_.remote_endpoint(ec);
+    client_address_ = ec ? std::string("unknown") : remote.address().to_string();
+    client_wd_.watch(&client_);
+    self_in_list_ = proxy_->sessions.insert(proxy_->sessions.end(), this);
+  }
+
+  asio::awaitable<void> run();
+
+  /// The proxy is stopping: a connection waiting for its next request closes now.
+  void on_stop() {
+    if (waiting_idle_) {
+      std::error_code ignored;
+      client_.cancel(ignored);
+    }
+  }
+
+  /// Closes both sockets at once (end of a stop's grace period, or the Proxy's destruction).
+  void force_close() {
+    forced_ = true;
+    std::error_code ignored;
+    client_.close(ignored);
+    if (up_) up_->socket.close(ignored);
+  }
+
+ private:
+  enum class Failure {
+    none,
+    connect,         // no connection to the backend; nothing was sent
+    no_response,     // the backend closed or reset before the first response byte
+    timeout,         // the backend sent no (complete) response head in time
+    bad_response,    // the backend's response head was invalid or too large
+    broken,          // the response was cut after it started: the client connection must close
+    client,          // the client went away or sent an invalid body: nothing more to say to it
+  };
+
+  struct Exchange {
+    Failure failure{Failure::none};
+    std::string_view detail;
+  };
+
+  asio::awaitable<bool> serve_one();
+  asio::awaitable<bool> handle_request();
+  asio::awaitable<Exchange> exchange(const std::shared_ptr<Backend>& backend);
+  asio::awaitable<std::error_code> connect(const std::shared_ptr<Backend>& backend);
+  asio::awaitable<void> pump_request_body(Exchange& result);
+  asio::awaitable<void> relay_response(Exchange& result);
+  asio::awaitable<void> tunnel();
+  asio::awaitable<void> copy(tcp::socket& from, Watchdog& from_wd, tcp::socket& to, Watchdog& to_wd);
+  asio::awaitable<bool> send_error(int status, std::string_view body, bool close);
+  asio::awaitable<std::error_code> write_client(std::array<asio::const_buffer, 2> buffers);
+  asio::awaitable<void> lingering_close();
+  void release_upstream(bool reusable);
+  void abort_exchange();
+
+  std::shared_ptr<detail::ProxyImpl> proxy_;
+  const ProxyOptions& opts_;
+  tcp::socket client_;
+  Watchdog client_wd_;
+  Watchdog up_wd_;
+  net::Buffer in_;
+  net::Buffer up_in_;
+  http::Parser req_;
+  http::Parser resp_;
+  std::string client_address_;
+  std::string head_out_;
+  std::vector<std::string_view> scratch_;
+  std::vector<asio::const_buffer> gather_;
+  std::unique_ptr<UpstreamConnection> up_;
+  std::list<Session*>::iterator self_in_list_;
+
+  // Per request.
+  std::size_t head_size_{0};     // bytes of the request head in in_
+  std::size_t body_in_head_{0};  // body bytes that arrived with the head
+  bool head_request_{false};
+  bool client_http10_{false};
+  bool client_keep_alive_{false};
+  bool request_done_{false};     // the whole request was read from the client
+  bool response_started_{false}; // a byte of the final response went to the client
+  bool response_done_{false};
+  bool close_after_{false};      // the client connection ends after this response
+  bool upgraded_{false};
+  bool request_upgrade_{false};  // the client asked for a protocol upgrade
+  bool body_streamed_{false};    // body bytes left our buffer: no retry possible
+  bool aborted_{false};          // one side of a two-way exchange failed; the other stops
+
+  // Per connection.
+  bool waiting_idle_{false};
+  bool forced_{false};
+};
+
+asio::awaitable<void> Session::run() {
+  auto self = shared_from_this();
+  auto spawn_watchdog = [&](Watchdog& wd) {
+    asio::co_spawn(
+        client_.get_executor(), [self, &wd]() { return wd.run(); },
+        [](std::exception_ptr e) { log_exception(e, "watchdog"); });
+  };
+  spawn_watchdog(client_wd_);
+  spawn_watchdog(up_wd_);
+
+  try {
+    while (co_await serve_one()) {
+    }
+    if (!forced_) co_await lingering_close();
+  } catch (...) {
+    log_exception(std::current_exception(), "client session");
+  }
+  std::error_code ignored;
+  client_.close(ignored);
+  release_upstream(false);
+  client_wd_.stop();
+  up_wd_.stop();
+  proxy_->session_ended(self_in_list_);
+}
+
+// Reads and serves one request. False when the connection is to be closed.
+asio::awaitable<bool> Session::serve_one() {
+  in_.compact();
+  req_.reset();
+  head_request_ = false;
+  std::size_t parsed = 0;
+  waiting_idle_ = in_.size() == 0;
+  if (proxy_->stopping && waiting_idle_) co_return false;
+  if (waiting_idle_) in_.release(opts_.buffer_size);  // idle keep-alive connections hold no buffer
+  client_wd_.arm(Watchdog::read, waiting_idle_ ? opts_.client_idle_timeout : opts_.client_header_timeout);
+
+  for (;;) {
+    if (parsed < in_.size()) {
+      std::size_t used = 0;
+      const auto event = req_.feed(in_.data(), parsed, in_.size() - parsed, used);
+      parsed += used;
+      if (event == http::Parser::Event::head) break;
+      if (event == http::Parser::Event::error) {
+        ++proxy_->counters.requests;
+        const bool too_big = req_.error() == errc::head_too_large || req_.error() == errc::too_many_headers;
+        detail::log(LogLevel::debug, "client {}: bad request: {}", client_address_, req_.error_reason());
+        co_await send_error(too_big ? 431 : 400, req_.error_reason(), true);
+        co_return false;
+      }
+    }
+    if (in_.writable() == 0) in_.grow(std::max(in_.capacity() * 2, opts_.max_head_size + 1));
+    auto [ec, n] = co_await client_.async_read_some(asio::buffer(in_.write_ptr(), in_.writable()), use_nothrow);
+    if (ec) {
+      if (client_wd_.expired(Watchdog::read) && in_.size() > 0) {
+        ++proxy_->counters.requests;
+        co_await send_error(408, "timed out reading the request head", true);
+      }
+      co_return false;  // end of stream, reset, idle timeout or stop: nothing to answer
+    }
+    in_.commit(n);
+    if (waiting_idle_) {
+      waiting_idle_ = false;
+      client_wd_.arm(Watchdog::read, opts_.client_header_timeout);
+    }
+  }
+  client_wd_.disarm(Watchdog::read);
+  head_size_ = parsed;
+  co_return co_await handle_request();
+}
+
+asio::awaitable<bool> Session::handle_request() {
+  ++proxy_->counters.requests;
+  const http::Head& head = req_.head();
+  const char* base = in_.data();
+
+  if (const auto why = http::validate_request(base, head); !why.empty()) {
+    co_return co_await send_error(400, why, true);
+  }
+  if (head.method == HTTP_CONNECT) {
+    co_return co_await send_error(405, "CONNECT is not supported by a reverse proxy", true);
+  }
+
+  const std::string_view method = head.method_name.view(base);
+  const bool idempotent = http::is_idempotent(method);
+  head_request_ = head.method == HTTP_HEAD;
+  request_upgrade_ = head.upgrade;
+  body_streamed_ = false;
+  client_http10_ = !head.is_http11();
+  client_keep_alive_ = head.keep_alive;
+  response_started_ = response_done_ = upgraded_ = aborted_ = false;
+  close_after_ = !client_keep_alive_ || proxy_->stopping;
+
+  // The body bytes that came with the head; llhttp also completes a body-less message here.
+  const auto event = req_.feed(base, head_size_, in_.size() - head_size_, body_in_head_);
+  if (event == http::Parser::Event::error) co_return co_await send_error(400, req_.error_reason(), true);
+  request_done_ = event == http::Parser::Event::message;
+
+  head_out_.clear();
+  http::write_request_head(head_out_, base, head,
+                           {client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}}, scratch_);
+
+  Exchange last;
+  for (unsigned attempt = 0; attempt <= opts_.retries; ++attempt) {
+    auto backend = proxy_->pool.pick();
+    if (!backend) break;
+    if (attempt > 0) ++proxy_->counters.retries;
+    proxy_->pool.begin_request(*backend);
+    last = co_await exchange(backend);
+    // A client that went away says nothing about the backend.
+    const bool ok = (last.failure == Failure::none || last.failure == Failure::client) && resp_.head().status < 500;
+    proxy_->pool.end_request(*backend, ok);
+    if (last.failure == Failure::none) break;
+    if (last.failure != Failure::client) {
+      detail::log(LogLevel::warn, "backend {}: {}", backend->id(), last.detail);
+    }
+    // A request may go to another backend only while the client has seen nothing and the
+    // whole request is still in our buffer; beyond connect failures, only when idempotent
+    // (RFC 9110 §9.2.2), since the first backend may have acted on it.
+    const bool retryable = !response_started_ && !body_streamed_ && request_done_ &&
+                           (last.failure == Failure::connect || (idempotent && last.failure == Failure::no_response));
+    if (!retryable) break;
+  }
+
+  if (last.failure == Failure::none && response_done_) {
+    ++proxy_->counters.responses_ok;
+  } else {
+    ++proxy_->counters.responses_error;
+  }
+
+  bool keep = false;
+  switch (last.failure) {
+    case Failure::none:
+      if (!response_done_) {
+        // No backend at all.
+        keep = co_await send_error(503, "no backend available", !request_done_ || close_after_);
+      } else {
+        keep = !close_after_ && request_done_ && !upgraded_;
+      }
+      break;
+    case Failure::connect:
+    case Failure::no_response:
+    case Failure::bad_response:
+      keep = co_await send_error(502, last.detail, !request_done_ || close_after_);
+      break;
+    case Failure::timeout:
+      keep = co_await send_error(504, last.detail, !request_done_ || close_after_);
+      break;
+    case Failure::broken:
+    case Failure::client:
+      keep = false;
+      break;
+  }
+  if (keep && request_done_) {
+    in_.consume(head_size_ + body_in_head_);  // what is left is the next pipelined request
+  }
+  co_return keep && !proxy_->stopping;
+}
+
+asio::awaitable<std::error_code> Session::connect(const std::shared_ptr<Backend>& backend) {
+  std::error_code ec;
+  const auto address = asio::ip::make_address(backend->host(), ec);
+  if (ec) co_return ec;
+  const tcp::endpoint endpoint(address, backend->port());
+  tcp::socket socket(client_.get_executor());
+  socket.open(endpoint.protocol(), ec);
+  if (ec) co_return ec;
+  up_wd_.watch(&socket);
+  up_wd_.arm(Watchdog::write, opts_.connect_timeout);
+  auto [cec] = co_await socket.async_connect(endpoint, use_nothrow);
+  up_wd_.disarm(Watchdog::write);
+  up_wd_.watch(nullptr);
+  if (cec) co_return up_wd_.expired(Watchdog::write) ? make_error_code(errc::connect_timeout) : cec;
+  socket.set_option(tcp::no_delay(true), ec);
+  ++proxy_->counters.upstream_connects;
+  up_ = std::make_unique<UpstreamConnection>(std::move(socket), backend);
+  co_return std::error_code{};
+}
+
+asio::awaitable<Session::Exchange> Session::exchange(const std::shared_ptr<Backend>& backend) {
+  Exchange result;
+  aborted_ = false;
+  up_in_.clear();
+  up_ = proxy_->take_idle(backend);
+  const bool reused = up_ != nullptr;
+  if (up_) {
+    ++proxy_->counters.upstream_reuses;
+  } else if (auto ec = co_await connect(backend); ec) {
+    result.failure = Failure::connect;
+    result.detail = ec == errc::connect_timeout ? "connect timed out" : "connect failed";
+    detail::log(LogLevel::debug, "backend {}: connect: {}", backend->id(), ec.message());
+    co_return result;
+  }
+  up_wd_.watch(&up_->socket);
+  up_in_.compact();
+
+  // Head and the body bytes that came with it go out in one write.
+  up_wd_.arm(Watchdog::write, opts_.send_timeout);
+  const std::array<asio::const_buffer, 2> first{asio::buffer(head_out_),
+                                                asio::buffer(in_.data() + head_size_, body_in_head_)};
+  auto [wec, written] = co_await asio::async_write(up_->socket, first, use_nothrow);
+  up_wd_.disarm(Watchdog::write);
+  if (wec) {
+    release_upstream(false);
+    // A cached connection that fails on the first write was dead before the backend saw
+    // anything (it closed it meanwhile), which is as safe to retry as a failed connect.
+    result.failure = reused ? Failure::connect : Failure::no_response;
+    result.detail = "connection lost while sending the request";
+    co_return result;
+  }
+
+  if (request_done_) {
+    co_await relay_response(result);
+  } else {
+    // From here on the body streams through and the request can no longer be retried.
+    using namespace asio::experimental::awaitable_operators;
+    in_.consume(head_size_ + body_in_head_);
+    head_size_ = body_in_head_ = 0;
+    body_streamed_ = true;
+    co_await (pump_request_body(result) && relay_response(result));
+  }
+
+  if (upgraded_ && result.failure == Failure::none) {
+    co_await tunnel();
+    release_upstream(false);
+    co_return result;
+  }
+  const bool reusable = result.failure == Failure::none && response_done_ && request_done_ && !resp_.needs_eof() &&
+                        resp_.head().keep_alive && up_in_.size() == 0 && !aborted_;
+  release_upstream(reusable);
+  co_return result;
+}
+
+// Streams the rest of the request body to the backend, as framed by the client: llhttp has
+// checked the framing, and the backend sees exactly the bytes that we counted.
+asio::awaitable<void> Session::pump_request_body(Exchange& result) {
+  while (!req_.message_complete() && !aborted_) {
+    if (in_.size() == 0) {
+      in_.compact();
+      client_wd_.arm(Watchdog::read, opts_.client_header_timeout);
+      auto [ec, n] = co_await client_.async_read_some(asio::buffer(in_.write_ptr(), in_.writable()), use_nothrow);
+      client_wd_.disarm(Watchdog::read);
+      if (aborted_) co_return;
+      if (ec) {
+        result.failure = Failure::client;
+        result.detail = "client went away during the request body";
+        abort_exchange();
+        co_return;
+      }
+      in_.commit(n);
+    }
+    std::size_t used = 0;
+    const auto event = req_.feed(in_.data(), in_.begin(), in_.size(), used);
+    if (event == http::Parser::Event::error) {
+      result.failure = Failure::client;
+      result.detail = "invalid request body";
+      abort_exchange();
+      co_return;
+    }
+    up_wd_.arm(Watchdog::write, opts_.send_timeout);
+    auto [wec, written] = co_await asio::async_write(up_->socket, asio::buffer(in_.read_ptr(), used), use_nothrow);
+    up_wd_.disarm(Watchdog::write);
+    if (aborted_) co_return;
+    if (wec) {
+      // The backend stopped reading: it may still answer (an early 413, say); the relay decides.
+      co_return;
+    }
+    in_.consume(used);
+  }
+  request_done_ = req_.message_complete();
+}
+
+asio::awaitable<void> Session::relay_response(Exchange& result) {
+  resp_.reset(head_request_);
+  std::size_t parsed = 0;  // bytes of up_in_ fed to the parser while reading a head
+  bool any_byte = false;
+  bool dechunk = false;
+
+  auto fail = [&](Failure f, std::string_view why) {
+    if (result.failure == Failure::none) {
+      result.failure = (response_started_ && f != Failure::client) ? Failure::broken : f;
+      result.detail = why;
+    }
+    abort_exchange();
+  };
+
+  for (;;) {
+    // Read from the backend unless unparsed bytes are waiting.
+    const bool need_read = resp_.head_complete() ? up_in_.size() == 0 : parsed >= up_in_.size();
+    if (need_read) {
+      {
+        if (up_in_.writable() == 0) up_in_.grow(std::max(up_in_.capacity() * 2, opts_.max_head_size + 1));
+        up_wd_.arm(Watchdog::read, opts_.read_timeout);
+        auto [ec, n] =
+            co_await up_->socket.async_read_some(asio::buffer(up_in_.write_ptr(), up_in_.writable()), use_nothrow);
+        up_wd_.disarm(Watchdog::read);
+        if (aborted_ && result.failure != Failure::none) co_return;
+        if (ec == asio::error::eof && resp_.head_complete()) {
+          if (resp_.finish() == http::Parser::Event::message) {
+            response_done_ = true;
+            co_return;
+          }
+          fail(Failure::broken, "backend closed the connection before the response ended");
+          co_return;
+        }
+        if (ec) {
+          if (up_wd_.expired(Watchdog::read)) {
+            fail(Failure::timeout, "timed out waiting for the response");
+          } else if (!any_byte) {
+            fail(Failure::no_response, "backend closed the connection without a response");
+          } else {
+            fail(Failure::bad_response, "backend closed the connection inside the response head");
+          }
+          co_return;
+        }
+        any_byte = true;
+        up_in_.commit(n);
+      }
+    }
+
+    if (!resp_.head_complete()) {
+      std::size_t used = 0;
+      const auto event = resp_.feed(up_in_.data(), parsed, up_in_.size() - parsed, used);
+      parsed += used;
+      if (event == http::Parser::Event::error) {
+        fail(Failure::bad_response, "invalid response head");
+        co_return;
+      }
+      if (event != http::Parser::Event::head) continue;
+
+      const http::Head& head = resp_.head();
+      if (head.status >= 100 && head.status < 200 && head.status != 101) {
+        // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients only
+        // (RFC 9110 §15.2); the final response follows on the same connection.
+        if (!client_http10_) {
+          head_out_.clear();
+          http::write_response_head(head_out_, up_in_.data(), head, {proxy_->via, false, false, false, false},
+                                    scratch_);
+          if (co_await write_client({asio::buffer(head_out_), asio::const_buffer{}})) {
+            fail(Failure::client, "client went away");
+            co_return;
+          }
+        }
+        up_in_.consume(parsed);
+        up_in_.compact();
+        parsed = 0;
+        resp_.reset(head_request_);
+        continue;
+      }
+      if (head.status == 101) {
+        if (!request_upgrade_) {
+          fail(Failure::bad_response, "101 Switching Protocols to a request that asked for no upgrade");
+          co_return;
+        }
+        upgraded_ = true;  // the tunnel takes over after this head
+      }
+      dechunk = client_http10_ && head.chunked;
+      if (resp_.needs_eof() || dechunk || proxy_->stopping) close_after_ = true;
+
+      head_out_.clear();
+      http::write_response_head(head_out_, up_in_.data(), head,
+                                {proxy_->via, close_after_, client_http10_, dechunk, upgraded_}, scratch_);
+      up_in_.consume(parsed);
+      parsed = 0;
+      // The head goes out together with the first body bytes below.
+    }
+
+    // Body bytes (raw, or without chunk framing for an HTTP/1.0 client).
+    std::size_t used = 0;
+    auto event = http::Parser::Event::message;
+    if (!upgraded_) {
+      event = resp_.feed(up_in_.data(), up_in_.begin(), up_in_.size(), used);
+      if (event == http::Parser::Event::error) {
+        fail(Failure::broken, "invalid response body framing");
+        co_return;
+      }
+    }
+    gather_.clear();
+    if (!response_started_) gather_.push_back(asio::buffer(head_out_));
+    if (dechunk) {
+      for (const http::Span& s : resp_.body_spans()) gather_.push_back(asio::buffer(up_in_.data() + s.offset, s.length));
+    } else if (used > 0) {
+      gather_.push_back(asio::buffer(up_in_.read_ptr(), used));
+    }
+    if (!gather_.empty()) {
+      client_wd_.arm(Watchdog::write, opts_.send_timeout);
+      auto [wec, n] = co_await asio::async_write(client_, gather_, use_nothrow);
+      client_wd_.disarm(Watchdog::write);
+      response_started_ = true;
+      if (wec) {
+        fail(Failure::client, "client went away during the response");
+        co_return;
+      }
+    }
+    up_in_.consume(used);
+    if (event == http::Parser::Event::message) {
+      response_done_ = true;
+      if (!request_done_ && !upgraded_) {
+        // The backend answered before reading the whole body (RFC 9112 §9.3): stop sending it
+        // and close the client connection afterwards; its unread body cannot be skipped safely.
+        close_after_ = true;
+        abort_exchange();
+      }
+      co_return;
+    }
+  }
+}
+
+// After 101 Switching Protocols both connections carry another protocol: copy bytes both
+// ways until each side has closed.
+asio::awaitable<void> Session::tunnel() {
+  using namespace asio::experimental::awaitable_operators;
+  // Bytes that arrived after the heads belong to the new protocol.
+  if (up_in_.size() > 0) {
+    if (co_await write_client({asio::buffer(up_in_.read_ptr(), up_in_.size()), asio::const_buffer{}})) co_return;
+    up_in_.consume(up_in_.size());
+  }
+  const std::size_t pending = in_.size() - std::min(in_.size(), head_size_ + body_in_head_);
+  if (pending > 0) {
+    up_wd_.arm(Watchdog::write, opts_.send_timeout);
+    auto [ec, n] = co_await asio::async_write(
+        up_->socket, asio::buffer(in_.data() + head_size_ + body_in_head_, pending), use_nothrow);
+    up_wd_.disarm(Watchdog::write);
+    if (ec) co_return;
+  }
+  in_.consume(in_.size());
+  co_await (copy(client_, client_wd_, up_->socket, up_wd_) && copy(up_->socket, up_wd_, client_, client_wd_));
+}
+
+asio::awaitable<void> Session::copy(tcp::socket& from, Watchdog& from_wd, tcp::socket& to, Watchdog& to_wd) {
+  std::array<char, 8192> chunk;
+  const auto idle = std::max(opts_.client_idle_timeout, opts_.read_timeout);
+  for (;;) {
+    from_wd.arm(Watchdog::read, idle);
+    auto [ec, n] = co_await from.async_read_some(asio::buffer(chunk), use_nothrow);
+    from_wd.disarm(Watchdog::read);
+    if (ec == asio::error::eof) {
+      std::error_code ignored;
+      to.shutdown(tcp::socket::shutdown_send, ignored);
+      co_return;
+    }
+    if (ec) break;
+    to_wd.arm(Watchdog::write, opts_.send_timeout);
+    auto [wec, written] = co_await asio::async_write(to, asio::buffer(chunk.data(), n), use_nothrow);
+    to_wd.disarm(Watchdog::write);
+    if (wec) break;
+  }
+  std::error_code ignored;
+  from.cancel(ignored);
+  to.cancel(ignored);
+}
+
+void Session::abort_exchange() {
+  aborted_ = true;
+  std::error_code ignored;
+  client_.cancel(ignored);
+  if (up_) up_->socket.cancel(ignored);
+}
+
+asio::awaitable<std::error_code> Session::write_client(std::array<asio::const_buffer, 2> buffers) {
+  client_wd_.arm(Watchdog::write, opts_.send_timeout);
+  auto [ec, n] = co_await asio::async_write(client_, buffers, use_nothrow);
+  client_wd_.disarm(Watchdog::write);
+  co_return ec;
+}
+
+// Sends an error generated by weldr. True when the connection may serve another request.
+asio::awaitable<bool> Session::send_error(int status, std::string_view body, bool close) {
+  close = close || proxy_->stopping;
+  std::string out;
+  std::string text(body);
+  text.push_back('\n');
+  http::write_error_response(out, status, {}, text, close);
+  // A HEAD response announces the length of the body it does not carry.
+  if (head_request_) out.resize(out.size() - text.size());
+  const auto ec = co_await write_client({asio::buffer(out), asio::const_buffer{}});
+  co_return !ec && !close;
+}
+
+asio::awaitable<void> Session::lingering_close() {
+  std::error_code ec;
+  client_.shutdown(tcp::socket::shutdown_send, ec);
+  if (ec) co_return;
+  std::array<char, 4096> sink;
+  std::size_t drained = 0;
+  client_wd_.arm(Watchdog::read, std::min(kLingerTime, opts_.client_header_timeout));
+  while (drained < kLingerBytes) {
+    auto [rec, n] = co_await client_.async_read_some(asio::buffer(sink), use_nothrow);
+    if (rec) break;
+    drained += n;
+  }
+  client_wd_.disarm(Watchdog::read);
+}
+
+void Session::release_upstream(bool reusable) {
+  up_wd_.watch(nullptr);
+  if (!up_) return;
+  up_in_.release(opts_.buffer_size);
+  if (reusable && !proxy_->stopping) {
+    proxy_->put_idle(std::move(up_));
+  } else {
+    up_.reset();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// detail::ProxyImpl
+
+asio::awaitable<void> detail::ProxyImpl::accept_loop() {
+  auto self = shared_from_this();
+  auto last_log = clock_type::time_point{};
+  while (!stopping) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
+    if (stopping) break;
+    if (ec) {
+      if (is_aborted(ec)) break;
+      // Out of descriptors or memory: back off instead of spinning, and say so once a second.
+      if (clock_type::now() - last_log > std::chrono::seconds(1)) {
+        detail::log(LogLevel::error, "accept failed: {}", ec.message());
+        last_log = clock_type::now();
+      }
+      asio::steady_timer backoff(io, milliseconds(50));
+      co_await backoff.async_wait(use_nothrow);
+      continue;
+    }
+    std::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
+    ++counters.connections_accepted;
+    ++counters.connections_open;
+    auto session = std::make_shared<Session>(self, std::move(socket));
+    asio::co_spawn(
+        io, [session]() { return session->run(); }, [](std::exception_ptr e) { log_exception(e, "session"); });
+  }
+}
+
+asio::awaitable<void> detail::ProxyImpl::sweep_loop() {
+  auto self = shared_from_this();
+  const auto period = std::max(milliseconds(100), options.upstream_idle_timeout / 4);
+  while (!stopping) {
+    sweep_timer.expires_after(period);
+    co_await sweep_timer.async_wait(use_nothrow);
+    if (stopping) break;
+    const auto cutoff = clock_type::now() - options.upstream_idle_timeout;
+    for (auto it = idle.begin(); it != idle.end();) {
+      auto& list = it->second;
+      std::erase_if(list, [&](const auto& c) { return c->idle_since < cutoff || !c->still_open(); });
+      it = list.empty() ? idle.erase(it) : std::next(it);
+    }
+  }
+}
+
+std::unique_ptr<UpstreamConnection> detail::ProxyImpl::take_idle(const std::shared_ptr<Backend>& backend) {
+  auto it = idle.find(backend->id());
+  if (it == idle.end()) return nullptr;
+  auto& list = it->second;
+  while (!list.empty()) {
+    auto connection = std::move(list.back());  // most recently used: least likely to be closed
+    list.pop_back();
+    if (connection->backend == backend && connection->still_open()) return connection;
+  }
+  return nullptr;
+}
+
+void detail::ProxyImpl::put_idle(std::unique_ptr<UpstreamConnection> connection) {
+  if (!connection->backend->usable()) return;
+  auto& list = idle[connection->backend->id()];
+  if (list.size() >= options.max_idle_per_backend) return;
+  connection->idle_since = clock_type::now();
+  list.push_back(std::move(connection));
+}
+
+void detail::ProxyImpl::begin_stop(std::optional<milliseconds> grace, std::function<void()> done) {
+  if (done) stopped_callbacks.push_back(std::move(done));
+  if (!stopping) {
+    stopping = true;
+    std::error_code ignored;
+    acceptor.close(ignored);
+    sweep_timer.cancel();
+    idle.clear();
+    for (Session* s : sessions) s->on_stop();
+  }
+  if (grace && !sessions.empty()) {
+    grace_timer = std::make_unique<asio::steady_timer>(io, *grace);
+    grace_timer->async_wait([self = shared_from_this()](std::error_code ec) {
+      if (!ec) {
+        for (Session* s : self->sessions) s->force_close();
+      }
+    });
+  }
+  maybe_finish_stop();
+}
+
+void detail::ProxyImpl::close_all() {
+  stopping = true;
+  std::error_code ignored;
+  acceptor.close(ignored);
+  sweep_timer.cancel();
+  if (grace_timer) grace_timer->cancel();
+  idle.clear();
+  for (Session* s : sessions) s->force_close();
+}
+
+void detail::ProxyImpl::session_ended(std::list<Session*>::iterator it) {
+  sessions.erase(it);
+  --counters.connections_open;
+  maybe_finish_stop();
+}
+
+void detail::ProxyImpl::maybe_finish_stop() {
+  if (!stopping || !sessions.empty() || stopped_callbacks.empty()) return;
+  if (grace_timer) grace_timer->cancel();
+  for (auto& callback : std::exchange(stopped_callbacks, {})) asio::post(io, std::move(callback));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Proxy
+
+Proxy::Proxy(asio::io_context& io, Pool& pool, ProxyOptions options)
+    : impl_(std::make_shared<detail::ProxyImpl>(io, pool, std::move(options))) {}
+
+Proxy::~Proxy() { impl_->close_all(); }
+
+void Proxy::listen(const tcp::endpoint& endpoint) {
+  std::error_code ec;
+  listen(endpoint, ec);
+  if (ec) throw std::system_error(ec, "listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()));
+}
+
+void Proxy::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
+  auto& acceptor = impl_->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (ec) return;
+  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec && impl_->options.reuse_port) {
+    const int on = 1;
+    if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
+      ec = std::error_code(errno, std::system_category());
+    }
+  }
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(impl_->options.backlog, ec);
+  if (ec) {
+    std::error_code ignored;
+    acceptor.close(ignored);
+    return;
+  }
+  auto impl = impl_;
+  asio::co_spawn(
+      impl->io, [impl]() { return impl->accept_loop(); }, [](std::exception_ptr e) { log_exception(e, "accept loop"); });
+  asio::co_spawn(
+      impl->io, [impl]() { return impl->sweep_loop(); }, [](std::exception_ptr e) { log_exception(e, "idle sweep"); });
+}
+
+tcp::endpoint Proxy::local_endpoint() const {
+  std::error_code ec;
+  return impl_->acceptor.local_endpoint(ec);
+}
+
+void Proxy::stop(std::function<void()> done) { impl_->begin_stop(std::nullopt, std::move(done)); }
+
+void Proxy::stop(milliseconds grace, std::function<void()> done) { impl_->begin_stop(grace, std::move(done)); }
+
+ProxyCounters Proxy::counters() const { return impl_->counters; }
+
+const ProxyOptions& Proxy::options() const { return impl_->options; }
+
+}  // namespace weldr

@@ -1,0 +1,69 @@
+#include "options.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+using namespace std::chrono_literals;
+using weldr::cli::parse_duration;
+using weldr::cli::parse_options;
+
+namespace {
+weldr::cli::ParseResult parse(std::vector<const char*> args) {
+  args.insert(args.begin(), "weldr-cli");
+  return parse_options(static_cast<int>(args.size()), args.data());
+}
+}  // namespace
+
+TEST_CASE("durations", "[cli]") {
+  CHECK(parse_duration("250ms") == 250ms);
+  CHECK(parse_duration("2s") == 2000ms);
+  CHECK(parse_duration("1m") == 60000ms);
+  CHECK(parse_duration("1h") == 3600000ms);
+  CHECK(parse_duration("5") == 5000ms);
+  for (const char* bad : {"", "ms", "-1s", "1.5s", "2 s", "3d", "99999999999999h"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_duration(bad));
+  }
+}
+
+TEST_CASE("defaults and flags", "[cli]") {
+  auto r = parse({});
+  REQUIRE(r.options);
+  CHECK(r.options->listen == "0.0.0.0:8080");
+  CHECK(r.options->admin_listen == "127.0.0.1:8687");
+  CHECK(r.options->threads >= 1);
+  CHECK(r.options->proxy.connect_timeout == 1s);
+
+  r = parse({"--ip", "127.0.0.1:9000", "--server", "http://127.0.0.1:1", "--server", "127.0.0.1:2", "--threads",
+             "3", "--connect-timeout", "250ms", "--read-timeout", "2s", "--client-timeout", "1m", "--log-level",
+             "debug"});
+  REQUIRE(r.options);
+  CHECK(r.options->servers.size() == 2);
+  CHECK(r.options->threads == 3);
+  CHECK(r.options->proxy.reuse_port);
+  CHECK(r.options->proxy.connect_timeout == 250ms);
+  CHECK(r.options->proxy.read_timeout == 2s);
+  CHECK(r.options->proxy.client_header_timeout == 60s);
+  CHECK(r.options->log_level == weldr::LogLevel::debug);
+}
+
+TEST_CASE("bad input is one line and exit code 2", "[cli]") {
+  for (auto args : std::vector<std::vector<const char*>>{{"--ip", "nowhere"},
+                                                          {"--server", "https://1.2.3.4:1"},
+                                                          {"--threads", "0"},
+                                                          {"--read-timeout", "soon"},
+                                                          {"--log-level", "loud"},
+                                                          {"--bogus"}}) {
+    auto r = parse(args);
+    INFO(args[0]);
+    CHECK_FALSE(r.options);
+    CHECK(r.exit_code == 2);
+    CHECK(r.message.find('\n') == std::string::npos);
+    CHECK(r.message.rfind("weldr-cli: ", 0) == 0);
+  }
+  auto help = parse({"--help"});
+  CHECK_FALSE(help.options);
+  CHECK(help.exit_code == 0);
+  CHECK(help.message.find("--server") != std::string::npos);
+}
