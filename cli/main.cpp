@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     if (!pool.add(url)) log_line(weldr::LogLevel::warn, fmt::format("server {} given twice; ignored", url));
   }
 
-  const auto endpoint = *weldr::cli::parse_endpoint(options.listen);
+  auto endpoint = *weldr::cli::parse_endpoint(options.listen);
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < options.threads; ++i) {
     auto worker = std::make_unique<Worker>();
@@ -58,10 +58,15 @@ int main(int argc, char** argv) {
       log_line(weldr::LogLevel::error, fmt::format("cannot listen on {}: {}", options.listen, ec.message()));
       return 1;
     }
+    // With port 0 the first listener picks the port and the others share it.
+    endpoint = worker->proxy->local_endpoint();
     workers.push_back(std::move(worker));
   }
+  const std::string bound = endpoint.address().is_v6()
+                                ? fmt::format("[{}]:{}", endpoint.address().to_string(), endpoint.port())
+                                : fmt::format("{}:{}", endpoint.address().to_string(), endpoint.port());
   log_line(weldr::LogLevel::info, fmt::format("weldr-cli {} listening on {} with {} thread(s) and {} server(s)",
-                                              WELDR_VERSION, options.listen, options.threads, pool.size()));
+                                              WELDR_VERSION, bound, options.threads, pool.size()));
 
   asio::io_context control;
   asio::signal_set signals(control, SIGINT, SIGTERM);

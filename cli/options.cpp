@@ -84,7 +84,7 @@ ParseResult parse_options(int argc, const char* const* argv) {
   CLI::App app{"weldr: an HTTP/1.1 reverse proxy and load balancer for dynamic fleets", "weldr-cli"};
   app.set_version_flag("--version", std::string("weldr-cli ") + WELDR_VERSION);
   app.add_option("--ip", o.listen, "Address the proxy listens on")->check(EndpointValidator{})->capture_default_str();
-  app.add_option("--admin-ip", o.admin_listen, "Address of the management API")
+  app.add_option("--admin-ip", o.admin_listen, "Address of the management API (reserved: the API is not served yet)")
       ->check(EndpointValidator{})
       ->capture_default_str();
   app.add_option("--server", o.servers, "Origin server URL (repeatable), e.g. http://127.0.0.1:12345")

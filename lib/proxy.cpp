@@ -40,6 +40,9 @@ constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 constexpr milliseconds kLingerTime{2000};
 constexpr std::size_t kLingerBytes = 256 * 1024;
 
+// Buffers kept for reuse by each Proxy, beyond those in use (256 x 16 KiB = 4 MiB by default).
+constexpr std::size_t kFreeBuffers = 256;
+
 void log_exception(std::exception_ptr e, std::string_view what) {
   if (!e) return;
   try {
@@ -80,7 +83,12 @@ class Session;
 
 struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   ProxyImpl(asio::io_context& io_context, Pool& p, ProxyOptions o)
-      : io(io_context), pool(p), options(std::move(o)), acceptor(io_context), sweep_timer(io_context) {
+      : io(io_context),
+        pool(p),
+        options(std::move(o)),
+        buffers(options.buffer_size, kFreeBuffers),
+        acceptor(io_context),
+        sweep_timer(io_context) {
     via = "1.1 " + options.via_name;
   }
 
@@ -96,6 +104,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   asio::io_context& io;
   Pool& pool;
   ProxyOptions options;
+  net::BufferPool buffers;
   std::string via;
   tcp::acceptor acceptor;
   asio::steady_timer sweep_timer;
@@ -118,8 +127,8 @@ class Session : public std::enable_shared_from_this<Session> {
         client_(std::move(socket)),
         client_wd_(client_.get_executor()),
         up_wd_(client_.get_executor()),
-        in_(opts_.buffer_size),
-        up_in_(opts_.buffer_size),
+        in_(proxy_->buffers),
+        up_in_(proxy_->buffers),
         req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count),
         resp_(http::Parser::Kind::response, opts_.max_head_size, opts_.max_header_count) {
     std::error_code ec;
@@ -246,8 +255,15 @@ asio::awaitable<bool> Session::serve_one() {
   std::size_t parsed = 0;
   waiting_idle_ = in_.size() == 0;
   if (proxy_->stopping && waiting_idle_) co_return false;
-  if (waiting_idle_) in_.release(opts_.buffer_size);  // idle keep-alive connections hold no buffer
-  client_wd_.arm(Watchdog::read, waiting_idle_ ? opts_.client_idle_timeout : opts_.client_header_timeout);
+  if (waiting_idle_) {
+    // An idle keep-alive connection holds no buffer: wait until the next request starts.
+    in_.release();
+    client_wd_.arm(Watchdog::read, opts_.client_idle_timeout);
+    auto [ec] = co_await client_.async_wait(tcp::socket::wait_read, use_nothrow);
+    waiting_idle_ = false;
+    if (ec || proxy_->stopping) co_return false;
+  }
+  client_wd_.arm(Watchdog::read, opts_.client_header_timeout);
 
   for (;;) {
     if (parsed < in_.size()) {
@@ -273,10 +289,6 @@ asio::awaitable<bool> Session::serve_one() {
       co_return false;  // end of stream, reset, idle timeout or stop: nothing to answer
     }
     in_.commit(n);
-    if (waiting_idle_) {
-      waiting_idle_ = false;
-      client_wd_.arm(Watchdog::read, opts_.client_header_timeout);
-    }
   }
   client_wd_.disarm(Watchdog::read);
   head_size_ = parsed;
@@ -709,7 +721,8 @@ asio::awaitable<void> Session::lingering_close() {
 void Session::release_upstream(bool reusable) {
   up_wd_.watch(nullptr);
   if (!up_) return;
-  up_in_.release(opts_.buffer_size);
+  up_in_.clear();
+  up_in_.release();
   if (reusable && !proxy_->stopping) {
     proxy_->put_idle(std::move(up_));
   } else {

@@ -21,6 +21,9 @@
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
 
+// Every co_await stands alone in its statement: GCC 12 miscompiles one in the right operand
+// of && or || (the coroutine is resumed with a corrupt frame).
+
 #include <llhttp.h>
 
 #include <asio/co_spawn.hpp>
@@ -301,11 +304,12 @@ asio::awaitable<void> Connection::serve() {
     const bool has_body = (parser_.flags & F_CHUNKED) != 0 || parser_.content_length > 0;
     const auto expect = header("Expect");
     // RFC 9110 section 10.1.1: a client that sent Expect waits for this before the body.
-    if (has_body && expect && iequals(*expect, "100-continue") && parser_.http_minor > 0 &&
-        !co_await write(asio::buffer(kContinue)))
-      co_return;
+    if (has_body && expect && iequals(*expect, "100-continue") && parser_.http_minor > 0) {
+      if (!co_await write(asio::buffer(kContinue))) break;
+    }
+    if (!co_await respond()) break;
     // After an Upgrade or CONNECT the bytes that follow are not HTTP, so close instead.
-    if (!co_await respond() || !keep_alive_ || parser_.upgrade != 0) break;
+    if (!keep_alive_ || parser_.upgrade != 0) break;
   }
   std::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
@@ -317,7 +321,9 @@ asio::awaitable<bool> Connection::read_head() {
   head_size_ = 0;
   in_field_ = head_done_ = message_done_ = head_too_large_ = head_method_ = false;
   while (!head_done_) {
-    if (begin_ == end_ && !co_await read_some()) co_return false;
+    if (begin_ == end_) {
+      if (!co_await read_some()) co_return false;
+    }
     if (parse() != HPE_OK) {
       keep_alive_ = false;
       co_await send_text(head_too_large_ ? 431 : 400, "bad request");
@@ -396,7 +402,8 @@ asio::awaitable<bool> Connection::respond() {
     const auto delay = std::chrono::milliseconds(std::min(*ms, kMaxDelayMs));
     deadline_ = Clock::now() + delay + kIdleTimeout;
     asio::steady_timer timer(co_await asio::this_coro::executor, delay);
-    if (const auto [error] = co_await timer.async_wait(use_tuple); error) co_return false;
+    const auto [error] = co_await timer.async_wait(use_tuple);
+    if (error) co_return false;
     co_return co_await send_text(200, fmt::format("delayed {}", delay.count()));
   }
   co_return co_await send_text(404, "not found");

@@ -1,16 +1,48 @@
 #pragma once
-// A growable byte buffer with a read and a write position, reused across messages.
+// Byte buffers for connections: a growable buffer with a read and a write position, whose
+// storage comes from a per-Proxy free list so that connections can give their buffers back
+// while idle without a malloc/free pair per request.
 
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <vector>
 
 namespace weldr::net {
+
+/// Free list of equally sized blocks; single-threaded (one per Proxy).
+class BufferPool {
+ public:
+  /// Blocks of `block_size` bytes; at most `max_free` are kept for reuse.
+  BufferPool(std::size_t block_size, std::size_t max_free) : block_size_(block_size), max_free_(max_free) {}
+
+  [[nodiscard]] std::size_t block_size() const noexcept { return block_size_; }
+  /// A block from the free list, or a new one.
+  std::unique_ptr<char[]> get() {
+    if (free_.empty()) return std::make_unique<char[]>(block_size_);
+    auto block = std::move(free_.back());
+    free_.pop_back();
+    return block;
+  }
+  /// Returns a block for reuse (freed if the list is full).
+  void put(std::unique_ptr<char[]> block) {
+    if (free_.size() < max_free_) free_.push_back(std::move(block));
+  }
+
+ private:
+  std::size_t block_size_;
+  std::size_t max_free_;
+  std::vector<std::unique_ptr<char[]>> free_;
+};
 
 /// Bytes [begin, end) are readable; [end, capacity) is free space for the next read.
 class Buffer {
  public:
-  explicit Buffer(std::size_t capacity) : capacity_(capacity) {}
+  /// A buffer whose storage is taken from `pool` on first use.
+  explicit Buffer(BufferPool& pool) : pool_(&pool), capacity_(pool.block_size()) {}
+  ~Buffer() { release(); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
 
   /// Start of the storage (offsets of parsed spans are relative to it).
   [[nodiscard]] char* data() noexcept { return data_.get(); }
@@ -21,9 +53,9 @@ class Buffer {
   [[nodiscard]] std::size_t size() const noexcept { return end_ - begin_; }
   /// Pointer to the first unread byte.
   [[nodiscard]] const char* read_ptr() const noexcept { return data_.get() + begin_; }
-  /// Free space after the unread bytes; allocates the storage on first use.
+  /// Free space after the unread bytes; takes storage from the pool on first use.
   [[nodiscard]] char* write_ptr() {
-    if (!data_) data_ = std::make_unique<char[]>(capacity_);
+    if (!data_) data_ = pool_->get();
     return data_.get() + end_;
   }
   /// Bytes that write_ptr() may receive.
@@ -51,18 +83,31 @@ class Buffer {
     if (capacity <= capacity_) return;
     auto bigger = std::make_unique<char[]>(capacity);
     if (data_) std::memcpy(bigger.get(), data_.get(), end_);
+    give_back();
     data_ = std::move(bigger);
     capacity_ = capacity;
   }
-  /// Frees the storage when nothing is unread (idle connections keep no buffer).
-  void release(std::size_t capacity) noexcept {
+  /// Gives the storage back when nothing is unread (idle connections hold no buffer).
+  void release() noexcept {
     if (size() != 0) return;
-    data_.reset();
+    give_back();
     begin_ = end_ = 0;
-    capacity_ = capacity;
+    capacity_ = pool_->block_size();
   }
 
  private:
+  void give_back() noexcept {
+    if (!data_) return;
+    if (capacity_ == pool_->block_size()) {
+      try {
+        pool_->put(std::move(data_));
+      } catch (...) {  // the free list could not grow: just free the block
+      }
+    }
+    data_.reset();
+  }
+
+  BufferPool* pool_;
   std::unique_ptr<char[]> data_;
   std::size_t capacity_;
   std::size_t begin_{0};
