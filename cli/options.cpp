@@ -34,12 +34,29 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
 }
 
 std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text) {
-  std::error_code ec;
-  auto address = parse_backend_url(text, ec);  // same "host:port" grammar as backends
-  if (!address || text.find("://") != std::string_view::npos || text.find('/') != std::string_view::npos) {
+  std::string_view host;
+  std::string_view port_text;
+  if (!text.empty() && text.front() == '[') {
+    const auto close = text.find(']');
+    if (close == std::string_view::npos || text.substr(close + 1, 1) != ":") return std::nullopt;
+    host = text.substr(1, close - 1);
+    port_text = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    host = text.substr(0, colon);
+    port_text = text.substr(colon + 1);
+    if (host.find(':') != std::string_view::npos) return std::nullopt;  // IPv6 needs brackets
+  }
+  unsigned port = 0;
+  auto [end, perr] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || perr != std::errc{} || end != port_text.data() + port_text.size() || port > 65535) {
     return std::nullopt;
   }
-  return asio::ip::tcp::endpoint(asio::ip::make_address(address->host), address->port);
+  std::error_code ec;
+  const auto address = asio::ip::make_address(std::string(host), ec);
+  if (ec) return std::nullopt;
+  return asio::ip::tcp::endpoint(address, static_cast<std::uint16_t>(port));  // port 0: any free port
 }
 
 namespace {

@@ -27,6 +27,19 @@ TEST_CASE("durations", "[cli]") {
   }
 }
 
+TEST_CASE("listen addresses", "[cli]") {
+  using weldr::cli::parse_endpoint;
+  REQUIRE(parse_endpoint("127.0.0.1:8080"));
+  CHECK(parse_endpoint("127.0.0.1:8080")->port() == 8080);
+  CHECK(parse_endpoint("0.0.0.0:0")->port() == 0);
+  REQUIRE(parse_endpoint("[::1]:80"));
+  CHECK(parse_endpoint("[::1]:80")->address().is_v6());
+  for (const char* bad : {"", "8080", "localhost:80", "1.2.3.4:", "1.2.3.4:65536", "::1:80", "[::1]80", "1.2.3.4:8x"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_endpoint(bad));
+  }
+}
+
 TEST_CASE("defaults and flags", "[cli]") {
   auto r = parse({});
   REQUIRE(r.options);

@@ -1,0 +1,217 @@
+// End-to-end tests of the programs themselves: weldr-cli in front of weldr-test-server, as
+// the README's demo runs them, over real sockets on 127.0.0.1.
+
+#include "client.hpp"
+#include "process.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <string>
+#include <thread>
+
+using weldr::test::Process;
+using weldr::test::port_from_line;
+
+namespace {
+
+// A blocking loopback socket with a receive timeout, for streaming bodies too large to hold.
+class RawSocket {
+ public:
+  explicit RawSocket(unsigned short port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    timeval tv{30, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  }
+  ~RawSocket() { ::close(fd_); }
+  RawSocket(const RawSocket&) = delete;
+  RawSocket& operator=(const RawSocket&) = delete;
+
+  [[nodiscard]] bool connected() const { return connected_; }
+  bool send_all(const char* data, std::size_t n) {
+    while (n > 0) {
+      const ssize_t w = ::send(fd_, data, n, MSG_NOSIGNAL);
+      if (w <= 0) return false;
+      data += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  }
+  ssize_t recv_some(char* data, std::size_t n) { return ::recv(fd_, data, n, 0); }
+
+ private:
+  int fd_;
+  bool connected_{false};
+};
+
+// Byte i of weldr-test-server's generated bodies is 'a' + i % 26.
+class Pattern {
+ public:
+  Pattern() {
+    block_.resize(26 + kChunk);
+    for (std::size_t i = 0; i < block_.size(); ++i) block_[i] = static_cast<char>('a' + i % 26);
+  }
+  static constexpr std::size_t kChunk = 64 * 1024;
+  [[nodiscard]] const char* at(std::uint64_t offset) const { return block_.data() + offset % 26; }
+
+ private:
+  std::string block_;
+};
+
+// Reads a response head, then `expected` body bytes that must follow the pattern.
+// Returns the number of body bytes that matched.
+std::uint64_t read_patterned_response(RawSocket& s, std::uint64_t expected, int& status) {
+  static const Pattern pattern;
+  std::string head;
+  std::vector<char> buf(Pattern::kChunk);
+  std::size_t head_end = std::string::npos;
+  while (head_end == std::string::npos) {
+    const ssize_t n = s.recv_some(buf.data(), buf.size());
+    if (n <= 0) return 0;
+    head.append(buf.data(), static_cast<std::size_t>(n));
+    head_end = head.find("\r\n\r\n");
+  }
+  status = std::stoi(head.substr(9, 3));
+  std::uint64_t got = 0;
+  auto check = [&](const char* data, std::size_t n) {
+    if (std::memcmp(data, pattern.at(got), n) != 0) return false;
+    got += n;
+    return true;
+  };
+  if (!check(head.data() + head_end + 4, head.size() - head_end - 4)) return got;
+  while (got < expected) {
+    const ssize_t n = s.recv_some(buf.data(), std::min<std::uint64_t>(buf.size(), expected - got));
+    if (n <= 0 || !check(buf.data(), static_cast<std::size_t>(n))) break;
+  }
+  return got;
+}
+
+struct Programs {
+  Programs()
+      : origin({WELDR_TEST_SERVER_PATH, "--port", "0"}),
+        origin_port(port_from_line(origin.wait_for_line("listening on").value_or(""))),
+        proxy({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--threads", "2", "--server",
+               "http://127.0.0.1:" + std::to_string(origin_port)}),
+        proxy_port(port_from_line(proxy.wait_for_line("listening on").value_or(""))) {}
+
+  Process origin;
+  unsigned short origin_port;
+  Process proxy;
+  unsigned short proxy_port;
+};
+
+}  // namespace
+
+TEST_CASE("weldr-cli: bad flags give one line and exit code 2", "[cli][e2e]") {
+  for (const char* flag : {"--threads=0", "--server=https://127.0.0.1:1", "--read-timeout=soon", "--nope"}) {
+    INFO(flag);
+    Process p({WELDR_CLI_PATH, flag});
+    REQUIRE(p.wait() == 2);
+    CHECK(p.output().rfind("weldr-cli: ", 0) == 0);
+    CHECK(p.output().find('\n') == p.output().size() - 1);
+  }
+  Process version({WELDR_CLI_PATH, "--version"});
+  CHECK(version.wait() == 0);
+  CHECK(version.output().rfind("weldr-cli ", 0) == 0);
+}
+
+TEST_CASE("weldr-cli: cannot listen on a port in use, exit code 1", "[cli][e2e]") {
+  Process origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto port = port_from_line(origin.wait_for_line("listening on").value_or(""));
+  REQUIRE(port != 0);
+  Process p({WELDR_CLI_PATH, "--ip", "127.0.0.1:" + std::to_string(port), "--threads", "1"});
+  CHECK(p.wait() == 1);
+  CHECK(p.output().find("cannot listen") != std::string::npos);
+}
+
+TEST_CASE("weldr-cli serves weldr-test-server: Hello World and an intact /large", "[cli][e2e]") {
+  Programs p;
+  REQUIRE(p.origin_port != 0);
+  REQUIRE(p.proxy_port != 0);
+  weldr::test::Client client(p.proxy_port);
+  auto hello = client.exchange("GET / HTTP/1.1\r\nHost: demo\r\n\r\n");
+  CHECK(hello.status == 200);
+  CHECK(hello.body == "Hello World");
+
+  RawSocket s(p.proxy_port);
+  REQUIRE(s.connected());
+  const std::string get = "GET /large HTTP/1.1\r\nHost: demo\r\n\r\n";
+  REQUIRE(s.send_all(get.data(), get.size()));
+  int status = 0;
+  CHECK(read_patterned_response(s, 1 << 20, status) == (1u << 20));
+  CHECK(status == 200);
+}
+
+TEST_CASE("1 GiB bodies stream both ways with bounded memory", "[cli][e2e][large]") {
+  Programs p;
+  REQUIRE(p.proxy_port != 0);
+  constexpr std::uint64_t kWarm = 8 << 20;
+  constexpr std::uint64_t kBig = 1ULL << 30;
+
+  auto download = [&](std::uint64_t size) {
+    RawSocket s(p.proxy_port);
+    const std::string get = "GET /large?size=" + std::to_string(size) + " HTTP/1.1\r\nHost: x\r\n\r\n";
+    REQUIRE(s.send_all(get.data(), get.size()));
+    int status = 0;
+    CHECK(read_patterned_response(s, size, status) == size);
+    CHECK(status == 200);
+  };
+  auto upload = [&](std::uint64_t size) {
+    static const Pattern pattern;
+    RawSocket s(p.proxy_port);
+    const std::string head = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(size) + "\r\n\r\n";
+    REQUIRE(s.send_all(head.data(), head.size()));
+    bool sent = true;
+    std::thread writer([&] {
+      for (std::uint64_t off = 0; off < size && sent; off += Pattern::kChunk) {
+        sent = s.send_all(pattern.at(off), std::min<std::uint64_t>(Pattern::kChunk, size - off));
+      }
+    });
+    int status = 0;
+    const auto got = read_patterned_response(s, size, status);
+    writer.join();
+    CHECK(sent);
+    CHECK(got == size);
+    CHECK(status == 200);
+  };
+
+  // Warm up (buffers, caches, allocator arenas), then measure the peak around the big transfers.
+  download(kWarm);
+  upload(kWarm);
+  const long before = p.proxy.status_kib("VmHWM");
+  REQUIRE(before > 0);
+  download(kBig);
+  upload(kBig);
+  const long after = p.proxy.status_kib("VmHWM");
+  INFO("weldr-cli peak RSS before " << before << " KiB, after " << after << " KiB");
+  CHECK(after - before < 1024);
+}
+
+TEST_CASE("weldr-cli: SIGTERM lets the request in flight finish, then exits 0", "[cli][e2e]") {
+  Programs p;
+  REQUIRE(p.proxy_port != 0);
+  weldr::test::Client client(p.proxy_port);
+  // A first exchange proves that weldr has accepted this connection.
+  REQUIRE(client.exchange("GET / HTTP/1.1\r\nHost: x\r\n\r\n").status == 200);
+  REQUIRE(client.send("GET /delay/2000 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  // Nothing outside weldr shows the moment it has read the request; 500 ms is far more than it
+  // needs, and far less than the origin's 2 s delay.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  p.proxy.signal(SIGTERM);
+  auto response = client.read_response();
+  CHECK(response.status == 200);
+  CHECK(response.body == "delayed 2000");
+  CHECK(p.proxy.wait() == 0);
+  CHECK_FALSE(weldr::test::Client::can_connect(p.proxy_port));
+}
