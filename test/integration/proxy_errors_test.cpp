@@ -27,12 +27,6 @@ void require_usable(std::uint16_t proxy_port) {
   REQUIRE(r.body == "Hello World");
 }
 
-// A backend address where nothing listens.
-struct DeadBackend {
-  std::uint16_t port{unused_port()};
-  std::string url{fmt::format("http://127.0.0.1:{}", port)};
-  std::string id{fmt::format("127.0.0.1:{}", port)};
-};
 
 // A handler that answers `path` with `reply` and everything else with the default behaviour.
 Handler reply_on(std::string path, Reply reply) {
@@ -83,8 +77,8 @@ TEST_CASE("no usable backend gives 503", "[integration]") {
 
 TEST_CASE("a backend that refuses connections gives 502, or a retry for idempotent requests", "[integration]") {
   SECTION("POST to the only, dead, backend") {
-    const DeadBackend dead;
-    TestProxy proxy({dead.url});
+    const RefusingPort dead;
+    TestProxy proxy({dead.url()});
     Client client(proxy.port());
     const Response r = client.exchange(make_request("POST", "/echo", "payload"));
     INFO(r.describe());
@@ -93,13 +87,14 @@ TEST_CASE("a backend that refuses connections gives 502, or a retry for idempote
 
     Origin origin;
     REQUIRE(proxy.pool().add(origin.endpoint_url()));
-    REQUIRE(proxy.pool().remove(dead.id));
+    REQUIRE(proxy.pool().remove(dead.id()));
     require_usable(proxy.port());
   }
 
   SECTION("GET with one dead and one live backend is retried on the live one") {
+    const RefusingPort dead;
     Origin origin;
-    TestProxy proxy({DeadBackend{}.url, origin.endpoint_url()});
+    TestProxy proxy({dead.url(), origin.endpoint_url()});
     // Round robin: at least one of these picks the dead backend first.
     for (int i = 0; i < 4; ++i) {
       const Response r = http_get(proxy.port(), "/");

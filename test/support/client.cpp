@@ -432,19 +432,24 @@ std::string make_request(std::string_view method, std::string_view target, std::
   return out;
 }
 
-std::uint16_t unused_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw std::system_error(errno, std::system_category(), "socket");
+RefusingPort::RefusingPort() {
+  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) throw std::system_error(errno, std::system_category(), "socket");
   sockaddr_in addr = loopback(0);
   auto* sa = static_cast<sockaddr*>(static_cast<void*>(&addr));
   socklen_t len = sizeof addr;
-  if (::bind(fd, sa, sizeof addr) != 0 || ::getsockname(fd, sa, &len) != 0) {
+  if (::bind(fd_, sa, sizeof addr) != 0 || ::getsockname(fd_, sa, &len) != 0) {
     const int e = errno;
-    ::close(fd);
+    ::close(fd_);
     throw std::system_error(e, std::system_category(), "bind");
   }
-  ::close(fd);
-  return ntohs(addr.sin_port);
+  port_ = ntohs(addr.sin_port);
 }
+
+RefusingPort::~RefusingPort() { ::close(fd_); }
+
+std::string RefusingPort::url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+
+std::string RefusingPort::id() const { return fmt::format("127.0.0.1:{}", port_); }
 
 }  // namespace weldr::test

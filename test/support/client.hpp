@@ -161,7 +161,27 @@ Response http_get(std::uint16_t port, std::string_view path);
 std::string make_request(std::string_view method, std::string_view target, std::string_view body = {},
                          std::string_view extra_headers = {});
 
-/// A TCP port on 127.0.0.1 that was free a moment ago and has no listener (bound, then closed).
-std::uint16_t unused_port();
+/// A TCP port on 127.0.0.1 where connections are refused: a socket is bound to it without
+/// listening, which also keeps any other socket (another test's listener) from taking the port.
+class RefusingPort {
+ public:
+  /// Binds a socket to 127.0.0.1 at a free port; throws std::system_error on failure.
+  RefusingPort();
+  /// Releases the port.
+  ~RefusingPort();
+  RefusingPort(const RefusingPort&) = delete;
+  RefusingPort& operator=(const RefusingPort&) = delete;
+
+  /// The port.
+  [[nodiscard]] std::uint16_t port() const noexcept { return port_; }
+  /// "http://127.0.0.1:PORT".
+  [[nodiscard]] std::string url() const;
+  /// "127.0.0.1:PORT", the backend's id in a Pool.
+  [[nodiscard]] std::string id() const;
+
+ private:
+  int fd_{-1};
+  std::uint16_t port_{0};
+};
 
 }  // namespace weldr::test

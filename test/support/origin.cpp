@@ -19,11 +19,6 @@
 #include <mutex>
 #include <set>
 
-// GCC 12 reports a false -Wmismatched-new-delete on every Asio coroutine frame at -O2 (the
-// frame's class-specific operator new/delete pair is matched; GCC loses track of it when inlining).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
 
 namespace weldr::test {
 
@@ -427,7 +422,7 @@ std::future<void> TestProxy::stop(std::optional<std::chrono::milliseconds> grace
   auto once = std::make_shared<std::once_flag>();
   std::future<void> future = done->get_future();
   std::function<void()> callback = [done, once] { std::call_once(*once, [&] { done->set_value(); }); };
-  call([&](Proxy& p) {
+  call([grace, callback](Proxy& p) {
     if (grace) {
       p.stop(*grace, callback);
     } else {

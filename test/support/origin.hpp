@@ -19,6 +19,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -146,23 +147,19 @@ class TestProxy {
   std::future<void> stop(std::optional<std::chrono::milliseconds> grace = std::nullopt);
 
   /// Runs `f(proxy)` on the proxy's thread and returns its result (rethrows its exception).
+  /// Throws std::runtime_error when the proxy's thread does not get to it within 10 s.
   template <class F>
-  auto call(F&& f) -> std::invoke_result_t<F&, Proxy&> {
+  auto call(F f) -> std::invoke_result_t<F&, Proxy&> {
     using R = std::invoke_result_t<F&, Proxy&>;
-    std::promise<R> promise;
-    auto future = promise.get_future();
-    asio::post(io_, [&] {
-      try {
-        if constexpr (std::is_void_v<R>) {
-          f(*proxy_);
-          promise.set_value();
-        } else {
-          promise.set_value(f(*proxy_));
-        }
-      } catch (...) {
-        promise.set_exception(std::current_exception());
-      }
+    // Shared, so that a task that runs after a timeout still has everything it refers to.
+    auto task = std::make_shared<std::packaged_task<R()>>([f = std::move(f), proxy = proxy_.get()]() mutable {
+      return f(*proxy);
     });
+    auto future = task->get_future();
+    asio::post(io_, [task] { (*task)(); });
+    if (future.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+      throw std::runtime_error("the proxy's thread did not run a posted call within 10 s");
+    }
     return future.get();
   }
 

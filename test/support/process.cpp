@@ -13,11 +13,22 @@
 #include <system_error>
 #include <thread>
 
-extern char** environ;
+extern char** environ;  // NOLINT: POSIX declares it nowhere
 
 namespace weldr::test {
 
-Process::Process(std::vector<std::string> argv) {
+Process::Process(std::vector<std::string> argv, std::vector<std::string> env) {
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string_view var(*e);
+    const auto name = var.substr(0, var.find('=') + 1);
+    bool replaced = false;
+    for (const auto& mine : env) replaced = replaced || std::string_view(mine).substr(0, name.size()) == name;
+    if (!replaced) env.emplace_back(var);
+  }
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) throw std::system_error(errno, std::system_category(), "pipe");
   posix_spawn_file_actions_t actions;
@@ -27,7 +38,7 @@ Process::Process(std::vector<std::string> argv) {
   std::vector<char*> args;
   for (auto& a : argv) args.push_back(a.data());
   args.push_back(nullptr);
-  const int rc = ::posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), environ);
+  const int rc = ::posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
   ::close(fds[1]);
   if (rc != 0) {

@@ -15,8 +15,9 @@ namespace weldr::test {
 /// A running program whose output can be waited on.
 class Process {
  public:
-  /// Starts `argv[0]` with these arguments. Throws std::system_error if it cannot start.
-  explicit Process(std::vector<std::string> argv);
+  /// Starts `argv[0]` with these arguments and this process's environment, in which each
+  /// "NAME=value" of `env` replaces or adds a variable. Throws std::system_error if it cannot start.
+  explicit Process(std::vector<std::string> argv, std::vector<std::string> env = {});
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
