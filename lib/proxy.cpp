@@ -35,6 +35,10 @@ namespace {
 
 constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
 
+// GCC 12 miscompiles some coroutines whose co_await or co_return statements contain ?:, && or
+// || (it resumes a corrupt frame), so throughout this file such expressions are computed into
+// locals first. (The awaitable operators && of Asio are function calls, not affected.)
+
 // How long a closing connection keeps reading what the client still sends, so that our last
 // response is not destroyed by a TCP reset (the "lingering close" of nginx and Apache).
 constexpr milliseconds kLingerTime{2000};
@@ -275,7 +279,8 @@ asio::awaitable<bool> Session::serve_one() {
         ++proxy_->counters.requests;
         const bool too_big = req_.error() == errc::head_too_large || req_.error() == errc::too_many_headers;
         detail::log(LogLevel::debug, "client {}: bad request: {}", client_address_, req_.error_reason());
-        co_await send_error(too_big ? 431 : 400, req_.error_reason(), true);
+        const int status = too_big ? 431 : 400;
+        co_await send_error(status, req_.error_reason(), true);
         co_return false;
       }
     }
@@ -355,32 +360,39 @@ asio::awaitable<bool> Session::handle_request() {
   }
 
   bool keep = false;
+  int error_status = 0;
+  std::string_view error_detail = last.detail;
   switch (last.failure) {
     case Failure::none:
-      if (!response_done_) {
-        // No backend at all.
-        keep = co_await send_error(503, "no backend available", !request_done_ || close_after_);
-      } else {
+      if (response_done_) {
         keep = !close_after_ && request_done_ && !upgraded_;
+      } else {
+        error_status = 503;  // no usable backend at all
+        error_detail = "no backend available";
       }
       break;
     case Failure::connect:
     case Failure::no_response:
     case Failure::bad_response:
-      keep = co_await send_error(502, last.detail, !request_done_ || close_after_);
+      error_status = 502;
       break;
     case Failure::timeout:
-      keep = co_await send_error(504, last.detail, !request_done_ || close_after_);
+      error_status = 504;
       break;
     case Failure::broken:
     case Failure::client:
-      keep = false;
       break;
+  }
+  if (error_status != 0) {
+    // Our answer ends the connection when the rest of the request body was never read.
+    const bool close = !request_done_ || close_after_;
+    keep = co_await send_error(error_status, error_detail, close);
   }
   if (keep && request_done_) {
     in_.consume(head_size_ + body_in_head_);  // what is left is the next pipelined request
   }
-  co_return keep && !proxy_->stopping;
+  const bool next = keep && !proxy_->stopping;
+  co_return next;
 }
 
 asio::awaitable<std::error_code> Session::connect(const std::shared_ptr<Backend>& backend) {
@@ -396,7 +408,10 @@ asio::awaitable<std::error_code> Session::connect(const std::shared_ptr<Backend>
   auto [cec] = co_await socket.async_connect(endpoint, use_nothrow);
   up_wd_.disarm(Watchdog::write);
   up_wd_.watch(nullptr);
-  if (cec) co_return up_wd_.expired(Watchdog::write) ? make_error_code(errc::connect_timeout) : cec;
+  if (cec) {
+    const std::error_code failure = up_wd_.expired(Watchdog::write) ? make_error_code(errc::connect_timeout) : cec;
+    co_return failure;
+  }
   socket.set_option(tcp::no_delay(true), ec);
   ++proxy_->counters.upstream_connects;
   up_ = std::make_unique<UpstreamConnection>(std::move(socket), backend);
@@ -700,7 +715,8 @@ asio::awaitable<bool> Session::send_error(int status, std::string_view body, boo
   // A HEAD response announces the length of the body it does not carry.
   if (head_request_) out.resize(out.size() - text.size());
   const auto ec = co_await write_client({asio::buffer(out), asio::const_buffer{}});
-  co_return !ec && !close;
+  const bool can_continue = !ec && !close;
+  co_return can_continue;
 }
 
 asio::awaitable<void> Session::lingering_close() {

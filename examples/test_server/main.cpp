@@ -1,28 +1,28 @@
 // weldr-test-server: the origin behind the README demo, the integration tests and the benchmark.
 //
-// One Asio coroutine per connection; llhttp finds the request head and the end of each message
-// (its callbacks pause the parser there), and bodies pass through a fixed 64 KiB buffer, so
-// gigabyte uploads to /echo and downloads from /large run in constant memory.
+// One Asio coroutine per connection. llhttp's callbacks pause the parser after the request head
+// and after the message, so a route answers in between while a pipelined next request waits in
+// the buffer. Bodies pass through one fixed 64 KiB buffer, so a 1 GiB upload to /echo or
+// download from /large runs in constant memory.
 //
-// Routes (any method unless noted; HEAD gets the GET headers without the body):
+// Routes (any method; HEAD gets the GET headers without the body):
 //   /                Hello World
 //   /health          OK
 //   /large[?size=N]  N bytes (default 1 MiB, at most 1 GiB); byte i is 'a' + i % 26
-//   /echo            the request body, chunked if the request was, with its Content-Type
+//   /echo            the request body, chunked if the request's was, with its Content-Type
 //   /chunked         Hello World in three chunks
 //   /status/N        status N (200..599) with body "status N"; 204 and 304 have no body
 //   /delay/MS        "delayed MS" after MS milliseconds (at most 60000)
-//   /headers         the request line and header fields as received, one per line
-//   anything else    404
+//   /headers         "METHOD TARGET HTTP/x.y", then each header field as received, one per line
+//   anything else    404 not found
 
-// GCC 12 takes Asio's coroutine frame allocator for a mismatched new/delete pair once it inlines
-// it (at -O1 with sanitizers, or at -O3); the pair does match (chriskohlhoff/asio#1391).
+// GCC 12 miscompiles some coroutines that put a co_await in one expression with ?: or && (it
+// resumes a corrupt frame), so here each co_await sits in a plain statement with plain arguments.
+// It also takes Asio's coroutine frame allocator for a mismatched new/delete pair once inlined
+// (-O1 with sanitizers, -O3); the pair does match (chriskohlhoff/asio#1391).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-
-// Every co_await stands alone in its statement: GCC 12 miscompiles one in the right operand
-// of && or || (the coroutine is resumed with a corrupt frame).
 
 #include <llhttp.h>
 
@@ -60,16 +60,16 @@ using Clock = std::chrono::steady_clock;
 using namespace asio::experimental::awaitable_operators;
 constexpr auto use_tuple = asio::experimental::as_tuple(asio::use_awaitable);
 
-constexpr std::size_t kBufferSize = 64 * 1024;       ///< Read buffer and piece size of /large.
-constexpr std::size_t kMaxHeadSize = 64 * 1024;      ///< Bigger request heads get 431.
-constexpr std::uint64_t kDefaultLargeSize = 1 << 20; ///< /large without ?size=.
-constexpr std::uint64_t kMaxLargeSize = 1 << 30;     ///< Upper bound for /large?size=N.
-constexpr unsigned kMaxDelayMs = 60'000;             ///< Upper bound for /delay/MS.
+constexpr std::size_t kBufferSize = 64 * 1024;        ///< Read buffer, and piece size of /large.
+constexpr std::size_t kMaxHeadSize = 64 * 1024;       ///< Bigger request heads get 431.
+constexpr std::uint64_t kDefaultLargeSize = 1 << 20;  ///< /large without ?size=.
+constexpr std::uint64_t kMaxLargeSize = 1 << 30;      ///< Upper bound of /large?size=N.
+constexpr unsigned kMaxDelayMs = 60'000;              ///< Upper bound of /delay/MS.
 constexpr auto kIdleTimeout = std::chrono::seconds(60);
 constexpr unsigned kMaxThreads = 256;
 
-/// Body of /large: byte i is 'a' + i % 26. One piece plus one period, so that the piece
-/// starting at any offset is the slice that starts at offset % 26.
+/// Body of /large: byte i is 'a' + i % 26. One piece plus one period, so that the piece at any
+/// offset is the slice starting at offset % 26.
 constexpr auto kLargePattern = [] {
   std::array<char, kBufferSize + 26> bytes{};
   for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>('a' + i % 26);
@@ -104,29 +104,17 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
   return std::nullopt;
 }
 
-/// Reason phrase for the status line; the phrase carries no meaning (RFC 9112 section 4), so
-/// codes without a well-known one get a placeholder.
+/// Reason phrase for the status line. It carries no meaning (RFC 9112 section 4), so codes
+/// without a common one get a placeholder.
 std::string_view reason_phrase(unsigned status) {
-  switch (status) {
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
-  }
+  using Phrase = std::pair<unsigned, std::string_view>;
+  static constexpr std::array<Phrase, 10> kPhrases{{
+      {200, "OK"}, {201, "Created"}, {204, "No Content"}, {304, "Not Modified"}, {400, "Bad Request"},
+      {404, "Not Found"}, {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
+      {502, "Bad Gateway"}, {503, "Service Unavailable"},
+  }};
+  const auto it = std::ranges::find(kPhrases, status, &Phrase::first);
+  return it == kPhrases.end() ? "Unknown" : it->second;
 }
 
 /// co_spawn completion handler: an exception escaping a coroutine is a bug, so it is reported.
@@ -141,7 +129,7 @@ auto report_exception(std::string_view what) {
   };
 }
 
-/// What read_body does with the body bytes that llhttp hands over.
+/// What read_body does with the body bytes llhttp hands over.
 enum class BodyMode { discard, echo, echo_chunked };
 
 /// One client connection: parses requests in order and answers each before reading the next.
@@ -152,7 +140,7 @@ public:
     llhttp_init(&parser_, HTTP_REQUEST, &settings());
     parser_.data = this;
     std::error_code ignored;
-    socket_.set_option(tcp::no_delay(true), ignored);  // a head and a body are separate writes
+    socket_.set_option(tcp::no_delay(true), ignored);  // a head and its body are separate writes
   }
   Connection(const Connection&) = delete;
   Connection& operator=(const Connection&) = delete;
@@ -163,29 +151,68 @@ public:
 private:
   static Connection& self(llhttp_t* parser) { return *static_cast<Connection*>(parser->data); }
   static const llhttp_settings_t& settings();
-  int append_head(std::string& to, const char* at, std::size_t length);
-  std::optional<std::string_view> header(std::string_view name) const;
-  std::string response_head(unsigned status, std::string_view fields) const;
-  llhttp_errno_t parse();
-  asio::awaitable<bool> read_some();
+
+  int append_head(std::string& to, const char* at, std::size_t length) {
+    head_size_ += length;
+    head_too_large_ = head_size_ > kMaxHeadSize;
+    if (!head_too_large_) to.append(at, length);
+    return head_too_large_ ? -1 : 0;
+  }
+
+  std::optional<std::string_view> header(std::string_view name) const {
+    const auto it = std::ranges::find_if(headers_, [&](const auto& field) { return iequals(field.first, name); });
+    if (it == headers_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  asio::awaitable<bool> read_some() {
+    deadline_ = Clock::now() + kIdleTimeout;
+    const auto [error, n] = co_await socket_.async_read_some(asio::buffer(buffer_), use_tuple);
+    begin_ = 0;
+    end_ = n;
+    co_return !error;
+  }
+
   template <typename Buffers>
-  asio::awaitable<bool> write(const Buffers& buffers);
+  asio::awaitable<bool> write(const Buffers& buffers) {
+    deadline_ = Clock::now() + kIdleTimeout;
+    const auto [error, n] = co_await asio::async_write(socket_, buffers, use_tuple);
+    co_return !error;
+  }
+
+  asio::awaitable<void> watchdog() {
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (deadline_ > Clock::now()) {
+      timer.expires_at(deadline_);
+      const auto [error] = co_await timer.async_wait(use_tuple);
+      if (error) co_return;
+    }
+  }
+
+  /// Status line, `fields` (each ending in CRLF), the common fields and the blank line.
+  std::string response_head(unsigned status, std::string_view fields) const;
+  /// Feeds the unparsed bytes to llhttp up to its next pause; HPE_OK unless the request is bad.
+  llhttp_errno_t parse();
   asio::awaitable<void> serve();
-  asio::awaitable<void> watchdog();
+  /// Parses up to the end of a request head; on a bad one it answers 400 or 431 and says stop.
   asio::awaitable<bool> read_head();
+  /// Parses up to the end of the message, writing body bytes back as `mode` says.
   asio::awaitable<bool> read_body(BodyMode mode);
+  /// Reads the rest of the request and answers it; false when the connection must end.
   asio::awaitable<bool> respond();
   asio::awaitable<bool> echo();
   asio::awaitable<bool> send_large(std::uint64_t size);
   asio::awaitable<bool> send_text(unsigned status, std::string_view body);
+  /// Writes a response head with `fields`, then `body` unless the request was HEAD.
+  asio::awaitable<bool> send(unsigned status, std::string_view fields, std::string_view body);
 
   tcp::socket socket_;
   llhttp_t parser_{};
   std::array<char, kBufferSize> buffer_{};
-  std::size_t begin_ = 0;  ///< buffer_[begin_, end_) is read but not yet parsed.
+  std::size_t begin_ = 0;  ///< buffer_[begin_, end_) is read but not parsed yet.
   std::size_t end_ = 0;
   Clock::time_point deadline_ = Clock::now() + kIdleTimeout;
-  // The current request, filled by the llhttp callbacks.
+  // The current request, as the llhttp callbacks fill it in.
   std::string target_;
   std::vector<std::pair<std::string, std::string>> headers_;
   std::size_t head_size_ = 0;
@@ -217,8 +244,6 @@ const llhttp_settings_t& Connection::settings() {
     s.on_header_value = [](llhttp_t* p, const char* at, std::size_t n) {
       return self(p).append_head(self(p).headers_.back().second, at, n);
     };
-    // Pausing here and at the end of the message lets the coroutine answer between the two
-    // and keeps a pipelined next request in the buffer until this one is done.
     s.on_headers_complete = [](llhttp_t* p) {
       self(p).head_done_ = true;
       return static_cast<int>(HPE_PAUSED);
@@ -236,27 +261,11 @@ const llhttp_settings_t& Connection::settings() {
   return settings;
 }
 
-int Connection::append_head(std::string& to, const char* at, std::size_t length) {
-  head_size_ += length;
-  if (head_size_ > kMaxHeadSize) {
-    head_too_large_ = true;
-    return -1;
-  }
-  to.append(at, length);
-  return 0;
-}
-
-std::optional<std::string_view> Connection::header(std::string_view name) const {
-  for (const auto& [field, value] : headers_)
-    if (iequals(field, name)) return value;
-  return std::nullopt;
-}
-
 std::string Connection::response_head(unsigned status, std::string_view fields) const {
   // HTTP/1.0 closes by default, so keep-alive must be confirmed to it explicitly.
-  const std::string_view connection = !keep_alive_ ? "Connection: close\r\n"
-                                      : parser_.http_minor == 0 ? "Connection: keep-alive\r\n"
-                                                                : "";
+  std::string_view connection;
+  if (!keep_alive_) connection = "Connection: close\r\n";
+  else if (parser_.http_minor == 0) connection = "Connection: keep-alive\r\n";
   return fmt::format("HTTP/1.1 {} {}\r\nServer: weldr-test-server\r\n{}{}\r\n", status, reason_phrase(status),
                      fields, connection);
 }
@@ -272,44 +281,23 @@ llhttp_errno_t Connection::parse() {
   return HPE_OK;
 }
 
-asio::awaitable<bool> Connection::read_some() {
-  deadline_ = Clock::now() + kIdleTimeout;
-  const auto [error, n] = co_await socket_.async_read_some(asio::buffer(buffer_), use_tuple);
-  begin_ = 0;
-  end_ = n;
-  co_return !error;
-}
-
-template <typename Buffers>
-asio::awaitable<bool> Connection::write(const Buffers& buffers) {
-  deadline_ = Clock::now() + kIdleTimeout;
-  const auto [error, n] = co_await asio::async_write(socket_, buffers, use_tuple);
-  co_return !error;
-}
-
-asio::awaitable<void> Connection::watchdog() {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
-  while (deadline_ > Clock::now()) {
-    timer.expires_at(deadline_);
-    const auto [error] = co_await timer.async_wait(use_tuple);
-    if (error) co_return;
-  }
-}
-
 asio::awaitable<void> Connection::serve() {
   static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
-  while (co_await read_head()) {
-    keep_alive_ = llhttp_should_keep_alive(&parser_) != 0;
+  for (;;) {
+    const bool got_head = co_await read_head();
+    if (!got_head) break;
+    // After an Upgrade or CONNECT the bytes that follow are not HTTP, so the connection closes.
+    keep_alive_ = llhttp_should_keep_alive(&parser_) != 0 && parser_.upgrade == 0;
     head_method_ = parser_.method == HTTP_HEAD;
     const bool has_body = (parser_.flags & F_CHUNKED) != 0 || parser_.content_length > 0;
     const auto expect = header("Expect");
     // RFC 9110 section 10.1.1: a client that sent Expect waits for this before the body.
     if (has_body && expect && iequals(*expect, "100-continue") && parser_.http_minor > 0) {
-      if (!co_await write(asio::buffer(kContinue))) break;
+      const bool sent = co_await write(asio::buffer(kContinue));
+      if (!sent) break;
     }
-    if (!co_await respond()) break;
-    // After an Upgrade or CONNECT the bytes that follow are not HTTP, so close instead.
-    if (!keep_alive_ || parser_.upgrade != 0) break;
+    const bool answered = co_await respond();
+    if (!answered || !keep_alive_) break;
   }
   std::error_code ignored;
   socket_.shutdown(tcp::socket::shutdown_send, ignored);
@@ -322,11 +310,13 @@ asio::awaitable<bool> Connection::read_head() {
   in_field_ = head_done_ = message_done_ = head_too_large_ = head_method_ = false;
   while (!head_done_) {
     if (begin_ == end_) {
-      if (!co_await read_some()) co_return false;
+      const bool got = co_await read_some();
+      if (!got) co_return false;
     }
     if (parse() != HPE_OK) {
       keep_alive_ = false;
-      co_await send_text(head_too_large_ ? 431 : 400, "bad request");
+      const unsigned status = head_too_large_ ? 431 : 400;
+      co_await send_text(status, "bad request");
       co_return false;
     }
   }
@@ -337,9 +327,9 @@ asio::awaitable<bool> Connection::read_body(BodyMode mode) {
   static constexpr std::string_view kCrlf = "\r\n";
   body_mode_ = mode;
   for (;;) {
-    // Slot 0 is kept for a chunk-size line; when echoing raw it stays empty and writes nothing.
+    // Slot 0 is kept for a chunk-size line; echoing raw, it stays empty and writes nothing.
     body_pieces_.assign(1, asio::const_buffer());
-    // Parse what is buffered first, even nothing: a message without a body completes here.
+    // Parse what is buffered even if that is nothing: a message without a body completes here.
     const llhttp_errno_t error = parse();
     if (body_pieces_.size() > 1) {
       std::string chunk_head;
@@ -348,16 +338,18 @@ asio::awaitable<bool> Connection::read_body(BodyMode mode) {
         body_pieces_.front() = asio::buffer(chunk_head);
         body_pieces_.push_back(asio::buffer(kCrlf));
       }
-      if (!co_await write(body_pieces_)) co_return false;
+      const bool sent = co_await write(body_pieces_);
+      if (!sent) co_return false;
     }
     if (message_done_) co_return true;
     if (error != HPE_OK) {
-      // Before any response the client can still be told; during /echo it cannot.
+      // Before a response has started the client can still be told; /echo has started one.
       keep_alive_ = false;
       if (mode == BodyMode::discard) co_await send_text(400, "bad request");
       co_return false;
     }
-    if (!co_await read_some()) co_return false;
+    const bool got = co_await read_some();
+    if (!got) co_return false;
   }
 }
 
@@ -368,23 +360,23 @@ asio::awaitable<bool> Connection::respond() {
   const auto query = question == std::string_view::npos ? std::string_view{} : target.substr(question + 1);
 
   if (path == "/echo") co_return co_await echo();
-  if (!co_await read_body(BodyMode::discard)) co_return false;
+  const bool body_read = co_await read_body(BodyMode::discard);
+  if (!body_read) co_return false;
 
   if (path == "/") co_return co_await send_text(200, "Hello World");
   if (path == "/health") co_return co_await send_text(200, "OK");
   if (path == "/headers") {
-    std::string body = fmt::format("{} {} HTTP/{}.{}\n", llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)),
-                                   target_, parser_.http_major, parser_.http_minor);
+    const auto method = static_cast<llhttp_method_t>(parser_.method);
+    std::string body = fmt::format("{} {} HTTP/{}.{}\n", llhttp_method_name(method), target_, parser_.http_major,
+                                   parser_.http_minor);
     for (const auto& [field, value] : headers_) body += fmt::format("{}: {}\n", field, value);
     co_return co_await send_text(200, body);
   }
-  if (path == "/chunked" && parser_.http_minor > 0) {
-    const std::string head = response_head(200, "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n");
-    static constexpr std::string_view kChunks = "5\r\nHello\r\n1\r\n \r\n5\r\nWorld\r\n0\r\n\r\n";
-    if (head_method_) co_return co_await write(asio::buffer(head));
-    co_return co_await write(std::array{asio::buffer(std::string_view(head)), asio::buffer(kChunks)});
-  }
-  if (path == "/chunked") co_return co_await send_text(200, "Hello World");  // HTTP/1.0 has no chunks
+  // HTTP/1.0 has no chunked coding (RFC 9112 section 7), so it gets a plain body.
+  if (path == "/chunked" && parser_.http_minor > 0)
+    co_return co_await send(200, "Content-Type: text/plain\r\nTransfer-Encoding: chunked\r\n",
+                            "5\r\nHello\r\n1\r\n \r\n5\r\nWorld\r\n0\r\n\r\n");
+  if (path == "/chunked") co_return co_await send_text(200, "Hello World");
   if (path == "/large") {
     const auto size_text = query_param(query, "size");
     const auto size = size_text ? parse_number<std::uint64_t>(*size_text) : kDefaultLargeSize;
@@ -394,7 +386,8 @@ asio::awaitable<bool> Connection::respond() {
   if (path.starts_with("/status/")) {
     const auto status = parse_number<unsigned>(path.substr(8));
     if (!status || *status < 200 || *status > 599) co_return co_await send_text(400, "bad status");
-    co_return co_await send_text(*status, fmt::format("status {}", *status));
+    const std::string body = fmt::format("status {}", *status);
+    co_return co_await send_text(*status, body);
   }
   if (path.starts_with("/delay/")) {
     const auto ms = parse_number<unsigned>(path.substr(7));
@@ -404,7 +397,8 @@ asio::awaitable<bool> Connection::respond() {
     asio::steady_timer timer(co_await asio::this_coro::executor, delay);
     const auto [error] = co_await timer.async_wait(use_tuple);
     if (error) co_return false;
-    co_return co_await send_text(200, fmt::format("delayed {}", delay.count()));
+    const std::string body = fmt::format("delayed {}", delay.count());
+    co_return co_await send_text(200, body);
   }
   co_return co_await send_text(404, "not found");
 }
@@ -414,34 +408,43 @@ asio::awaitable<bool> Connection::echo() {
   const bool chunked = (parser_.flags & F_CHUNKED) != 0;
   std::string fields;
   if (const auto type = header("Content-Type")) fields = fmt::format("Content-Type: {}\r\n", *type);
-  fields += chunked ? std::string("Transfer-Encoding: chunked\r\n")
-                    : fmt::format("Content-Length: {}\r\n", parser_.content_length);
-  const std::string head = response_head(200, fields);
-  if (!co_await write(asio::buffer(head))) co_return false;
-  const BodyMode mode = head_method_ ? BodyMode::discard : chunked ? BodyMode::echo_chunked : BodyMode::echo;
-  if (!co_await read_body(mode)) co_return false;
-  if (mode != BodyMode::echo_chunked) co_return true;
+  if (chunked) fields += "Transfer-Encoding: chunked\r\n";
+  else fields += fmt::format("Content-Length: {}\r\n", parser_.content_length);
+  const bool sent = co_await send(200, fields, "");
+  if (!sent) co_return false;
+  BodyMode mode = chunked ? BodyMode::echo_chunked : BodyMode::echo;
+  if (head_method_) mode = BodyMode::discard;
+  const bool body_read = co_await read_body(mode);
+  if (!body_read || mode != BodyMode::echo_chunked) co_return body_read;
   co_return co_await write(asio::buffer(kLastChunk));
 }
 
 asio::awaitable<bool> Connection::send_large(std::uint64_t size) {
-  const std::string head = response_head(200, fmt::format("Content-Type: text/plain\r\nContent-Length: {}\r\n", size));
-  if (!co_await write(asio::buffer(head))) co_return false;
-  for (std::uint64_t offset = 0; offset < size && !head_method_;) {
+  const std::string fields = fmt::format("Content-Type: text/plain\r\nContent-Length: {}\r\n", size);
+  const bool sent = co_await send(200, fields, "");
+  if (!sent || head_method_) co_return sent;
+  for (std::uint64_t offset = 0; offset < size;) {
     const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kBufferSize, size - offset));
-    if (!co_await write(asio::buffer(kLargePattern.data() + offset % 26, n))) co_return false;
+    const auto piece = asio::buffer(kLargePattern.data() + offset % 26, n);
+    const bool piece_sent = co_await write(piece);
+    if (!piece_sent) co_return false;
     offset += n;
   }
   co_return true;
 }
 
 asio::awaitable<bool> Connection::send_text(unsigned status, std::string_view body) {
-  // RFC 9110 sections 15.3.5 and 15.4.5: 204 and 304 never have content.
-  const bool no_content = status == 204 || status == 304;
-  const std::string head = response_head(
-      status, no_content ? "" : fmt::format("Content-Type: text/plain\r\nContent-Length: {}\r\n", body.size()));
-  if (no_content || head_method_) co_return co_await write(asio::buffer(head));
-  co_return co_await write(std::array{asio::buffer(std::string_view(head)), asio::buffer(body)});
+  // RFC 9110 sections 15.3.5 and 15.4.5: 204 and 304 have no content, and so no length.
+  if (status == 204 || status == 304) co_return co_await send(status, "", "");
+  const std::string fields = fmt::format("Content-Type: text/plain\r\nContent-Length: {}\r\n", body.size());
+  co_return co_await send(status, fields, body);
+}
+
+asio::awaitable<bool> Connection::send(unsigned status, std::string_view fields, std::string_view body) {
+  const std::string head = response_head(status, fields);
+  if (head_method_) body = {};
+  const std::array buffers{asio::buffer(std::string_view(head)), asio::buffer(body)};
+  co_return co_await write(buffers);
 }
 
 asio::awaitable<void> serve_connection(tcp::socket socket) {
@@ -474,7 +477,7 @@ struct Options {
 
 constexpr std::string_view kUsage =
     "usage: weldr-test-server [--port N] [--host ADDR] [--threads N]\n"
-    "  --port N     port to listen on (default 12345, 0 picks a free one)\n"
+    "  --port N     port to listen on (default 12345; 0 picks a free one)\n"
     "  --host ADDR  address to listen on (default 127.0.0.1)\n"
     "  --threads N  threads running the event loop (default 1)\n"
     "Prints 'listening on ADDR:PORT' once ready; SIGINT or SIGTERM stops it.\n";
@@ -535,14 +538,15 @@ int main(int argc, char** argv) {
 
   asio::io_context context(static_cast<int>(options.threads));
   tcp::acceptor acceptor(context);
-  if (const auto listen_error = listen(acceptor, tcp::endpoint(address, options.port))) {
+  error = listen(acceptor, tcp::endpoint(address, options.port));
+  if (error) {
     fmt::print(stderr, "weldr-test-server: cannot listen on {}:{}: {}\n", options.host, options.port,
-               listen_error.message());
+               error.message());
     return 1;
   }
   const auto local = acceptor.local_endpoint();
-  const auto shown = local.address().is_v6() ? fmt::format("[{}]", local.address().to_string())
-                                             : local.address().to_string();
+  std::string shown = local.address().to_string();
+  if (local.address().is_v6()) shown = fmt::format("[{}]", shown);
   fmt::print("listening on {}:{}\n", shown, local.port());
   std::fflush(stdout);  // tests wait for this line through a pipe
 
