@@ -158,6 +158,7 @@ class Session : public std::enable_shared_from_this<Session> {
     std::error_code ignored;
     client_.close(ignored);
     if (up_) up_->socket.close(ignored);
+    if (connecting_ != nullptr) connecting_->close(ignored);
   }
 
  private:
@@ -174,6 +175,7 @@ class Session : public std::enable_shared_from_this<Session> {
   struct Exchange {
     Failure failure{Failure::none};
     std::string_view detail;
+    int client_status{0};  // for Failure::client: what to tell the client, if it can still hear (400, 408)
   };
 
   asio::awaitable<bool> serve_one();
@@ -223,7 +225,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Per connection.
   bool waiting_idle_{false};
-  bool forced_{false};
+  bool forced_{false};        // the proxy's stop grace ran out: abandon everything
+  bool reset_client_{false};  // end with a TCP reset: a FIN could make a cut response look complete
+  tcp::socket* connecting_{nullptr};
 };
 
 asio::awaitable<void> Session::run() {
@@ -239,7 +243,14 @@ asio::awaitable<void> Session::run() {
   try {
     while (co_await serve_one()) {
     }
-    if (!forced_) co_await lingering_close();
+    if (reset_client_) {
+      // A response without length framing (close-delimited, or de-chunked for HTTP/1.0) ends
+      // at the FIN, so a response cut short must end with a reset instead.
+      std::error_code ignored;
+      client_.set_option(asio::socket_base::linger(true, 0), ignored);
+    } else if (!forced_) {
+      co_await lingering_close();
+    }
   } catch (...) {
     log_exception(std::current_exception(), "client session");
   }
@@ -305,8 +316,8 @@ asio::awaitable<bool> Session::handle_request() {
   const http::Head& head = req_.head();
   const char* base = in_.data();
 
-  if (const auto why = http::validate_request(base, head); !why.empty()) {
-    co_return co_await send_error(400, why, true);
+  if (const auto rejection = http::validate_request(base, head); rejection.status != 0) {
+    co_return co_await send_error(rejection.status, rejection.reason, true);
   }
   if (head.method == HTTP_CONNECT) {
     co_return co_await send_error(405, "CONNECT is not supported by a reverse proxy", true);
@@ -332,12 +343,17 @@ asio::awaitable<bool> Session::handle_request() {
                            {client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}}, scratch_);
 
   Exchange last;
-  for (unsigned attempt = 0; attempt <= opts_.retries; ++attempt) {
+  for (unsigned attempt = 0; attempt <= opts_.retries && !forced_; ++attempt) {
     auto backend = proxy_->pool.pick();
     if (!backend) break;
     if (attempt > 0) ++proxy_->counters.retries;
     proxy_->pool.begin_request(*backend);
     last = co_await exchange(backend);
+    if (forced_) {
+      // Our stop closed the sockets; the backend did nothing wrong and the client is gone.
+      last.failure = Failure::client;
+      last.detail = "closed by the proxy's stop";
+    }
     // A client that went away says nothing about the backend.
     const bool ok = (last.failure == Failure::none || last.failure == Failure::client) && resp_.head().status < 500;
     proxy_->pool.end_request(*backend, ok);
@@ -380,7 +396,12 @@ asio::awaitable<bool> Session::handle_request() {
       error_status = 504;
       break;
     case Failure::broken:
+      reset_client_ = true;
+      break;
     case Failure::client:
+      if (last.client_status != 0 && !response_started_ && !forced_) {
+        error_status = last.client_status;
+      }
       break;
   }
   if (error_status != 0) {
@@ -405,7 +426,9 @@ asio::awaitable<std::error_code> Session::connect(const std::shared_ptr<Backend>
   if (ec) co_return ec;
   up_wd_.watch(&socket);
   up_wd_.arm(Watchdog::write, opts_.connect_timeout);
+  connecting_ = &socket;
   auto [cec] = co_await socket.async_connect(endpoint, use_nothrow);
+  connecting_ = nullptr;
   up_wd_.disarm(Watchdog::write);
   up_wd_.watch(nullptr);
   if (cec) {
@@ -443,9 +466,9 @@ asio::awaitable<Session::Exchange> Session::exchange(const std::shared_ptr<Backe
   up_wd_.disarm(Watchdog::write);
   if (wec) {
     release_upstream(false);
-    // A cached connection that fails on the first write was dead before the backend saw
-    // anything (it closed it meanwhile), which is as safe to retry as a failed connect.
-    result.failure = reused ? Failure::connect : Failure::no_response;
+    // A cached connection that fails before any byte was written was dead before the backend
+    // saw anything (it closed it meanwhile), which is as safe to retry as a failed connect.
+    result.failure = (reused && written == 0) ? Failure::connect : Failure::no_response;
     result.detail = "connection lost while sending the request";
     co_return result;
   }
@@ -484,7 +507,12 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
       if (aborted_) co_return;
       if (ec) {
         result.failure = Failure::client;
-        result.detail = "client went away during the request body";
+        if (client_wd_.expired(Watchdog::read)) {
+          result.detail = "timed out reading the request body";
+          result.client_status = 408;
+        } else {
+          result.detail = "client went away during the request body";
+        }
         abort_exchange();
         co_return;
       }
@@ -495,6 +523,7 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
     if (event == http::Parser::Event::error) {
       result.failure = Failure::client;
       result.detail = "invalid request body";
+      result.client_status = 400;
       abort_exchange();
       co_return;
     }
@@ -503,12 +532,16 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
     up_wd_.disarm(Watchdog::write);
     if (aborted_) co_return;
     if (wec) {
-      // The backend stopped reading: it may still answer (an early 413, say); the relay decides.
+      // The backend stopped reading: it may still answer (an early 413, say); the relay decides,
+      // within the read timeout.
+      up_wd_.arm(Watchdog::read, opts_.read_timeout);
       co_return;
     }
     in_.consume(used);
   }
   request_done_ = req_.message_complete();
+  // Only now does the wait for the response begin (an upload may take longer than read_timeout).
+  if (request_done_) up_wd_.arm(Watchdog::read, opts_.read_timeout);
 }
 
 asio::awaitable<void> Session::relay_response(Exchange& result) {
@@ -531,7 +564,11 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
     if (need_read) {
       {
         if (up_in_.writable() == 0) up_in_.grow(std::max(up_in_.capacity() * 2, opts_.max_head_size + 1));
-        up_wd_.arm(Watchdog::read, opts_.read_timeout);
+        if (request_done_) {
+          up_wd_.arm(Watchdog::read, opts_.read_timeout);
+        } else {
+          up_wd_.disarm(Watchdog::read);  // the body pump arms it when the request is complete
+        }
         auto [ec, n] =
             co_await up_->socket.async_read_some(asio::buffer(up_in_.write_ptr(), up_in_.writable()), use_nothrow);
         up_wd_.disarm(Watchdog::read);
@@ -549,6 +586,8 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
             fail(Failure::timeout, "timed out waiting for the response");
           } else if (!any_byte) {
             fail(Failure::no_response, "backend closed the connection without a response");
+          } else if (resp_.head_complete()) {
+            fail(Failure::broken, "backend connection lost during the response body");
           } else {
             fail(Failure::bad_response, "backend closed the connection inside the response head");
           }

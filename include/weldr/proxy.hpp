@@ -88,10 +88,11 @@ class Proxy {
   [[nodiscard]] asio::ip::tcp::endpoint local_endpoint() const;
 
   /// Graceful stop: stops accepting, closes idle client and upstream connections, lets requests
-  /// in flight finish, then calls `done` (on the io_context). Safe to call from the io_context's
-  /// thread only; use asio::post from elsewhere. Calling it again just adds another callback.
+  /// in flight finish, then calls `done` (on the io_context). Upgraded connections (WebSocket
+  /// tunnels) count as in flight until they end, so prefer the form with a grace period. Call
+  /// it on the io_context's thread (asio::post from elsewhere); calling it again adds a callback.
   void stop(std::function<void()> done = {});
-  /// Like stop(), but connections still busy after `grace` are closed.
+  /// Like stop(), but whatever is still open after `grace` is closed, tunnels included.
   void stop(std::chrono::milliseconds grace, std::function<void()> done = {});
 
   /// Current counters.

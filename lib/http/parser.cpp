@@ -116,6 +116,15 @@ int Parser::on_header_value(llhttp_t* p, const char* at, std::size_t n) {
     }
     return 0;
   }
+  // A value whose first byte is on a later line than its name is obs-fold too
+  // ("Name:\r\n value"), even though llhttp reports it as one piece.
+  const Span name = s.head_.fields.back().name;
+  const std::string_view gap(s.base_ + name.offset + name.length, piece.offset - (name.offset + name.length));
+  if (piece.length > 0 && gap.find('\n') != std::string_view::npos) {
+    s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response,
+           "obsolete line folding in a header field");
+    return HPE_USER;
+  }
   value = piece;
   s.last_ = Last::value;
   return 0;

@@ -45,13 +45,19 @@ bool is_hop_by_hop(std::string_view name, const std::vector<std::string_view>& t
   return false;
 }
 
-// Index of the last field called `name`, or -1.
-int last_index(const char* base, const Head& head, std::string_view name) {
+// Index of the last field called `name` that `skip` keeps, or -1.
+template <typename Skip>
+int last_index(const char* base, const Head& head, std::string_view name, Skip&& skip) {
   int found = -1;
   for (std::size_t i = 0; i < head.fields.size(); ++i) {
-    if (iequals(head.fields[i].name.view(base), name)) found = static_cast<int>(i);
+    const std::string_view n = head.fields[i].name.view(base);
+    if (iequals(n, name) && !skip(n)) found = static_cast<int>(i);
   }
   return found;
+}
+
+int last_index(const char* base, const Head& head, std::string_view name) {
+  return last_index(base, head, name, [](std::string_view) { return false; });
 }
 
 void append_field(std::string& out, std::string_view name, std::string_view value) {
@@ -66,12 +72,14 @@ void append_number(std::string& out, long long value) {
 }
 
 // Writes every end-to-end field, merging our entry into the last Via (and, for requests,
-// the client address into the last X-Forwarded-For) so each list stays one field.
+// the client address into the last X-Forwarded-For) so each list stays one field. Only a
+// field that is kept can carry our entry: a sender that names Via in Connection must not be
+// able to drop this hop's entry along with its own.
 template <typename Skip>
 void copy_fields(std::string& out, const char* base, const Head& head, std::string_view via,
                  std::string_view xff_entry, Skip&& skip) {
-  const int last_via = last_index(base, head, "via");
-  const int last_xff = xff_entry.empty() ? -1 : last_index(base, head, "x-forwarded-for");
+  const int last_via = last_index(base, head, "via", skip);
+  const int last_xff = xff_entry.empty() ? -1 : last_index(base, head, "x-forwarded-for", skip);
   for (std::size_t i = 0; i < head.fields.size(); ++i) {
     const std::string_view name = head.fields[i].name.view(base);
     const std::string_view value = head.fields[i].value.view(base);
@@ -104,14 +112,37 @@ bool split_absolute_form(std::string_view target, std::string_view& authority, s
 
 }  // namespace
 
-std::string_view validate_request(const char* base, const Head& head) {
+bool valid_authority(std::string_view authority) noexcept {
+  // uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2); no userinfo (RFC 9110 §4.2.4).
+  for (char c : authority) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    std::string_view("-._~%!$&'()*+,;=:[]").find(c) != std::string_view::npos;
+    if (!ok) return false;
+  }
+  return true;
+}
+
+Rejection validate_request(const char* base, const Head& head) {
+  if (head.http_major != 1) {
+    if (head.http_major == 0) return {400, "HTTP/0.9 is not supported"};
+    return {505, "only HTTP/1.0 and HTTP/1.1 are supported on this port"};
+  }
+  const std::string_view target = head.target.view(base);
+  if (target.find('#') != std::string_view::npos) return {400, "fragment in the request target"};
+  std::string_view authority;
+  std::string_view path;
+  if (split_absolute_form(target, authority, path) && (authority.empty() || !valid_authority(authority))) {
+    return {400, "invalid authority in the request target"};
+  }
   int hosts = 0;
   for (const Field& f : head.fields) {
-    if (iequals(f.name.view(base), "host")) ++hosts;
+    if (!iequals(f.name.view(base), "host")) continue;
+    ++hosts;
+    if (!valid_authority(f.value.view(base))) return {400, "invalid Host header"};
   }
-  if (hosts > 1) return "more than one Host header";
-  if (hosts == 0 && head.is_http11()) return "missing Host header";
-  if (head.chunked && !head.is_http11()) return "Transfer-Encoding in an HTTP/1.0 request";
+  if (hosts > 1) return {400, "more than one Host header"};
+  if (hosts == 0 && head.is_http11()) return {400, "missing Host header"};
+  if (head.chunked && !head.is_http11()) return {400, "Transfer-Encoding in an HTTP/1.0 request"};
   return {};
 }
 

@@ -27,9 +27,19 @@ struct ResponseRewrite {
   bool upgrade{false};         ///< a 101 response: keep Upgrade and say Connection: upgrade
 };
 
-/// Why a request head is unacceptable, or empty if it is fine: checks what llhttp does not
-/// (Host presence and uniqueness, RFC 9112 §3.2; Transfer-Encoding in HTTP/1.0, §6.1).
-std::string_view validate_request(const char* base, const Head& head);
+/// Why a request must be refused: the status to answer with (0 when it is acceptable) and why.
+struct Rejection {
+  int status{0};
+  std::string_view reason;
+};
+
+/// Checks what llhttp does not: the HTTP version, the request target (no fragment, no
+/// userinfo), Host presence, uniqueness and syntax (RFC 9112 §3.2), Transfer-Encoding in
+/// HTTP/1.0 (§6.1).
+Rejection validate_request(const char* base, const Head& head);
+
+/// True when `authority` is a syntactically valid uri-host with optional port and no userinfo.
+bool valid_authority(std::string_view authority) noexcept;
 
 /// Appends the request head to send upstream (always HTTP/1.1) to `out`.
 /// `scratch` is reused storage for the names listed in Connection.

@@ -9,8 +9,16 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <future>
 #include <string>
+#include <thread>
 #include <vector>
 
 using namespace weldr::test;
@@ -280,4 +288,95 @@ TEST_CASE("a cached upstream connection the origin closed is not a failure", "[i
   }
 
   CHECK(origin.request_count() == 10);
+}
+
+namespace {
+
+// Sends `request` on a new connection and reads until the connection ends. True when it ended
+// with a reset (ECONNRESET), false for an orderly close (FIN) or a timeout.
+bool ends_with_reset(std::uint16_t port, const std::string& request) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bool reset = false;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0 &&
+      ::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+    }
+    reset = n < 0 && errno == ECONNRESET;
+  }
+  ::close(fd);
+  return reset;
+}
+
+}  // namespace
+
+TEST_CASE("a response without length framing that is cut short ends with a reset, not a clean close",
+          "[integration]") {
+  SECTION("close-delimited body, the origin resets") {
+    const std::string head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial-body";
+    Origin origin(reply_on("/cut", Reply{.close_after_bytes = head.size(), .reset = true, .raw = head}));
+    TestProxy proxy({origin.endpoint_url()});
+    CHECK(ends_with_reset(proxy.port(), make_request("GET", "/cut")));
+    require_usable(proxy.port());
+  }
+  SECTION("chunked body de-chunked for an HTTP/1.0 client, the origin closes mid-body") {
+    const std::string head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    Origin origin(reply_on("/cut", Reply{.close_after_bytes = head.size(), .raw = head}));
+    TestProxy proxy({origin.endpoint_url()});
+    CHECK(ends_with_reset(proxy.port(), "GET /cut HTTP/1.0\r\n\r\n"));
+    require_usable(proxy.port());
+  }
+}
+
+TEST_CASE("an upload slower than read_timeout is not a timeout", "[integration]") {
+  Origin origin;
+  auto options = TestProxy::test_options();
+  options.read_timeout = 300ms;
+  TestProxy proxy({origin.endpoint_url()}, options);
+  Client client(proxy.port());
+  REQUIRE(client.send("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\nabc"));
+  REQUIRE(origin.wait_for_connections(1));
+  for (const char* piece : {"def", "ghi"}) {
+    std::this_thread::sleep_for(250ms);  // the client is slow on purpose: 500 ms in all
+    REQUIRE(client.send(piece));
+  }
+  const Response r = client.read_response();
+  INFO(r.describe());
+  CHECK(r.status == 200);
+  CHECK(r.body == "abcdefghi");
+}
+
+TEST_CASE("an invalid chunk in a streamed request body gets 400 and a close", "[integration]") {
+  Origin origin;
+  TestProxy proxy({origin.endpoint_url()});
+  Client client(proxy.port());
+  REQUIRE(client.send("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"));
+  REQUIRE(origin.wait_for_connections(1));  // the head went upstream: the body now streams
+  REQUIRE(client.send("zz\r\n"));
+  const Response r = client.read_response();
+  INFO(r.describe());
+  CHECK(r.status == 400);
+  CHECK(client.wait_closed());
+  require_usable(proxy.port());
+}
+
+TEST_CASE("stop's grace period is enforced and a request is not retried after it", "[integration]") {
+  Origin origin(reply_on("/hang", Reply{.no_response = true}));
+  auto options = TestProxy::test_options();
+  options.read_timeout = 20s;
+  TestProxy proxy({origin.endpoint_url()}, options);
+  Client client(proxy.port());
+  REQUIRE(client.send(make_request("GET", "/hang")));
+  REQUIRE(origin.wait_for_requests(1));
+  auto stopped = proxy.stop(200ms);
+  CHECK(stopped.wait_for(5s) == std::future_status::ready);
+  CHECK(client.wait_closed());
+  CHECK(origin.requests().size() == 1);
 }

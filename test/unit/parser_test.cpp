@@ -77,6 +77,7 @@ TEST_CASE("ambiguous or malformed requests are errors", "[parser]") {
       "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
       "GET / HTTP/1.1\r\nHost : a\r\n\r\n",
       "GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n folded\r\n\r\n",
+      "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n",
       "GET / HTTP/1.1\nHost: a\n\n",
       "GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
       "GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",

@@ -90,17 +90,36 @@ TEST_CASE("request: HTTP/1.0 is sent on as HTTP/1.1", "[rewrite]") {
   CHECK(request("GET / HTTP/1.0\r\n\r\n").rfind("GET / HTTP/1.1\r\nHost: \r\n", 0) == 0);
 }
 
-TEST_CASE("validate_request checks Host and Transfer-Encoding in HTTP/1.0", "[rewrite]") {
-  auto why = [](const std::string& text) {
+TEST_CASE("validate_request: version, target, Host, Transfer-Encoding in HTTP/1.0", "[rewrite]") {
+  auto status = [](const std::string& text) {
     Parsed p(Parser::Kind::request, text);
     REQUIRE(p.event == Parser::Event::head);
-    return std::string(validate_request(p.buffer.data(), p.parser.head()));
+    return validate_request(p.buffer.data(), p.parser.head()).status;
   };
-  CHECK(why("GET / HTTP/1.1\r\nHost: a\r\n\r\n").empty());
-  CHECK(why("GET / HTTP/1.0\r\n\r\n").empty());
-  CHECK_FALSE(why("GET / HTTP/1.1\r\n\r\n").empty());
-  CHECK_FALSE(why("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").empty());
-  CHECK_FALSE(why("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n").empty());
+  CHECK(status("GET / HTTP/1.1\r\nHost: a\r\n\r\n") == 0);
+  CHECK(status("GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n") == 0);
+  CHECK(status("GET / HTTP/1.1\r\nHost: \r\n\r\n") == 0);  // empty Host is allowed
+  CHECK(status("GET / HTTP/1.0\r\n\r\n") == 0);
+  CHECK(status("GET http://a.example/x HTTP/1.1\r\nHost: a.example\r\n\r\n") == 0);
+  CHECK(status("GET / HTTP/1.1\r\n\r\n") == 400);
+  CHECK(status("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n") == 400);
+  CHECK(status("GET / HTTP/1.1\r\nHost: a b\r\n\r\n") == 400);
+  CHECK(status("GET / HTTP/1.1\r\nHost: user@a\r\n\r\n") == 400);
+  CHECK(status("GET / HTTP/1.1\r\nHost: a/b\r\n\r\n") == 400);
+  CHECK(status("GET http://evil@good/x HTTP/1.1\r\nHost: good\r\n\r\n") == 400);
+  CHECK(status("GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n") == 400);
+  CHECK(status("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n") == 400);
+  CHECK(status("GET / HTTP/2.0\r\nHost: a\r\n\r\n") == 505);
+}
+
+TEST_CASE("request: a client cannot drop this hop's Via or X-Forwarded-For through Connection", "[rewrite]") {
+  const auto out = request(
+      "GET / HTTP/1.1\r\nHost: a\r\nConnection: x-forwarded-for, via\r\nX-Forwarded-For: 1.2.3.4\r\n"
+      "Via: 1.0 x\r\n\r\n");
+  CHECK(out.find("1.2.3.4") == std::string::npos);
+  CHECK(out.find("1.0 x") == std::string::npos);
+  CHECK(out.find("\r\nVia: 1.1 weldr\r\n") != std::string::npos);
+  CHECK(out.find("\r\nX-Forwarded-For: 127.0.0.1\r\n") != std::string::npos);
 }
 
 TEST_CASE("response: hop-by-hop removed, Via added, connection handling", "[rewrite]") {
