@@ -28,7 +28,9 @@ struct Worker {
   std::thread thread;
 };
 
-void log_line(weldr::LogLevel level, std::string_view text) { weldr::log_message(level, text); }
+void log_line(weldr::LogLevel level, std::string_view text) {
+  weldr::log_message(level, text);
+}
 
 }  // namespace
 
@@ -106,7 +108,8 @@ int main(int argc, char** argv) {
     });
   }
   control.run();
-  for (auto& w : workers) w->thread.join();
+  for (auto& w : workers)
+    w->thread.join();
   log_line(weldr::LogLevel::info, "stopped");
   return 0;
 }

@@ -73,7 +73,8 @@ struct DurationValidator : CLI::Validator {
 struct EndpointValidator : CLI::Validator {
   EndpointValidator() : CLI::Validator("HOST:PORT") {
     func_ = [](std::string& value) -> std::string {
-      return parse_endpoint(value) ? std::string{} : "invalid address '" + value + "' (use IP:PORT, e.g. 127.0.0.1:8080)";
+      return parse_endpoint(value) ? std::string{}
+                                   : "invalid address '" + value + "' (use IP:PORT, e.g. 127.0.0.1:8080)";
     };
   }
 };

@@ -14,13 +14,13 @@ namespace weldr::cli {
 
 /// Everything weldr-cli is configured with.
 struct Options {
-  std::string listen{"0.0.0.0:8080"};      ///< --ip
-  std::string admin_listen{"127.0.0.1:8687"};  ///< --admin-ip
-  std::vector<std::string> servers;        ///< --server, repeatable
-  unsigned threads{0};                     ///< --threads; 0 means one per core
-  LogLevel log_level{LogLevel::info};      ///< --log-level
+  std::string listen{"0.0.0.0:8080"};                 ///< --ip
+  std::string admin_listen{"127.0.0.1:8687"};         ///< --admin-ip
+  std::vector<std::string> servers;                   ///< --server, repeatable
+  unsigned threads{0};                                ///< --threads; 0 means one per core
+  LogLevel log_level{LogLevel::info};                 ///< --log-level
   std::chrono::milliseconds shutdown_timeout{30000};  ///< --shutdown-timeout
-  ProxyOptions proxy;                      ///< timeouts and limits
+  ProxyOptions proxy;                                 ///< timeouts and limits
 };
 
 /// Outcome of parsing: either options, or an exit code and what to print.

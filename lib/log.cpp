@@ -22,9 +22,9 @@ void default_sink(LogLevel level, std::string_view line) {
   const auto now = std::chrono::system_clock::now();
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()) % 1000;
   // One fprintf per line so that lines from several threads do not interleave.
-  const std::string out = fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z {:<5} {}\n",
-                                      fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
-                                      ms.count(), to_string(level), line);
+  const std::string out =
+      fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z {:<5} {}\n", fmt::gmtime(std::chrono::system_clock::to_time_t(now)),
+                  ms.count(), to_string(level), line);
   std::fputs(out.c_str(), stderr);
 }
 
@@ -45,7 +45,9 @@ void set_log_level(LogLevel level) noexcept {
   detail::g_log_level.store(static_cast<int>(level), std::memory_order_relaxed);
 }
 
-LogLevel log_level() noexcept { return static_cast<LogLevel>(detail::g_log_level.load(std::memory_order_relaxed)); }
+LogLevel log_level() noexcept {
+  return static_cast<LogLevel>(detail::g_log_level.load(std::memory_order_relaxed));
+}
 
 void set_log_sink(LogSink sink) {
   std::lock_guard lock(detail::g_sink_mutex);

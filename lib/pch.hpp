@@ -1,5 +1,6 @@
 // Precompiled header for the library's own sources: the heavy Asio and fmt headers.
 #pragma once
+#include <fmt/format.h>
 #include <asio/awaitable.hpp>
 #include <asio/co_spawn.hpp>
 #include <asio/detached.hpp>
@@ -10,4 +11,3 @@
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
-#include <fmt/format.h>

@@ -217,9 +217,13 @@ std::shared_ptr<Backend> Pool::find(std::string_view id) const {
   return nullptr;
 }
 
-std::vector<std::shared_ptr<Backend>> Pool::list() const { return snapshot()->backends; }
+std::vector<std::shared_ptr<Backend>> Pool::list() const {
+  return snapshot()->backends;
+}
 
-std::size_t Pool::size() const { return snapshot()->backends.size(); }
+std::size_t Pool::size() const {
+  return snapshot()->backends.size();
+}
 
 std::shared_ptr<Backend> Pool::pick() {
   auto snap = snapshot();

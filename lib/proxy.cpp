@@ -58,7 +58,9 @@ void log_exception(std::exception_ptr e, std::string_view what) {
   }
 }
 
-bool is_aborted(const std::error_code& ec) { return ec == asio::error::operation_aborted; }
+bool is_aborted(const std::error_code& ec) {
+  return ec == asio::error::operation_aborted;
+}
 
 }  // namespace
 
@@ -164,12 +166,12 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   enum class Failure {
     none,
-    connect,         // no connection to the backend; nothing was sent
-    no_response,     // the backend closed or reset before the first response byte
-    timeout,         // the backend sent no (complete) response head in time
-    bad_response,    // the backend's response head was invalid or too large
-    broken,          // the response was cut after it started: the client connection must close
-    client,          // the client went away or sent an invalid body: nothing more to say to it
+    connect,       // no connection to the backend; nothing was sent
+    no_response,   // the backend closed or reset before the first response byte
+    timeout,       // the backend sent no (complete) response head in time
+    bad_response,  // the backend's response head was invalid or too large
+    broken,        // the response was cut after it started: the client connection must close
+    client,        // the client went away or sent an invalid body: nothing more to say to it
   };
 
   struct Exchange {
@@ -214,10 +216,10 @@ class Session : public std::enable_shared_from_this<Session> {
   bool head_request_{false};
   bool client_http10_{false};
   bool client_keep_alive_{false};
-  bool request_done_{false};     // the whole request was read from the client
-  bool response_started_{false}; // a byte of the final response went to the client
+  bool request_done_{false};      // the whole request was read from the client
+  bool response_started_{false};  // a byte of the final response went to the client
   bool response_done_{false};
-  bool close_after_{false};      // the client connection ends after this response
+  bool close_after_{false};  // the client connection ends after this response
   bool upgraded_{false};
   bool request_upgrade_{false};  // the client asked for a protocol upgrade
   bool body_streamed_{false};    // body bytes left our buffer: no retry possible
@@ -389,15 +391,9 @@ asio::awaitable<bool> Session::handle_request() {
       break;
     case Failure::connect:
     case Failure::no_response:
-    case Failure::bad_response:
-      error_status = 502;
-      break;
-    case Failure::timeout:
-      error_status = 504;
-      break;
-    case Failure::broken:
-      reset_client_ = true;
-      break;
+    case Failure::bad_response: error_status = 502; break;
+    case Failure::timeout: error_status = 504; break;
+    case Failure::broken: reset_client_ = true; break;
     case Failure::client:
       if (last.client_status != 0 && !response_started_ && !forced_) {
         error_status = last.client_status;
@@ -658,7 +654,8 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
     gather_.clear();
     if (!response_started_) gather_.push_back(asio::buffer(head_out_));
     if (dechunk) {
-      for (const http::Span& s : resp_.body_spans()) gather_.push_back(asio::buffer(up_in_.data() + s.offset, s.length));
+      for (const http::Span& s : resp_.body_spans())
+        gather_.push_back(asio::buffer(up_in_.data() + s.offset, s.length));
     } else if (used > 0) {
       gather_.push_back(asio::buffer(up_in_.read_ptr(), used));
     }
@@ -859,13 +856,15 @@ void detail::ProxyImpl::begin_stop(std::optional<milliseconds> grace, std::funct
     acceptor.close(ignored);
     sweep_timer.cancel();
     idle.clear();
-    for (Session* s : sessions) s->on_stop();
+    for (Session* s : sessions)
+      s->on_stop();
   }
   if (grace && !sessions.empty()) {
     grace_timer = std::make_unique<asio::steady_timer>(io, *grace);
     grace_timer->async_wait([self = shared_from_this()](std::error_code ec) {
       if (!ec) {
-        for (Session* s : self->sessions) s->force_close();
+        for (Session* s : self->sessions)
+          s->force_close();
       }
     });
   }
@@ -879,7 +878,8 @@ void detail::ProxyImpl::close_all() {
   sweep_timer.cancel();
   if (grace_timer) grace_timer->cancel();
   idle.clear();
-  for (Session* s : sessions) s->force_close();
+  for (Session* s : sessions)
+    s->force_close();
 }
 
 void detail::ProxyImpl::session_ended(std::list<Session*>::iterator it) {
@@ -891,7 +891,8 @@ void detail::ProxyImpl::session_ended(std::list<Session*>::iterator it) {
 void detail::ProxyImpl::maybe_finish_stop() {
   if (!stopping || !sessions.empty() || stopped_callbacks.empty()) return;
   if (grace_timer) grace_timer->cancel();
-  for (auto& callback : std::exchange(stopped_callbacks, {})) asio::post(io, std::move(callback));
+  for (auto& callback : std::exchange(stopped_callbacks, {}))
+    asio::post(io, std::move(callback));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -900,12 +901,15 @@ void detail::ProxyImpl::maybe_finish_stop() {
 Proxy::Proxy(asio::io_context& io, Pool& pool, ProxyOptions options)
     : impl_(std::make_shared<detail::ProxyImpl>(io, pool, std::move(options))) {}
 
-Proxy::~Proxy() { impl_->close_all(); }
+Proxy::~Proxy() {
+  impl_->close_all();
+}
 
 void Proxy::listen(const tcp::endpoint& endpoint) {
   std::error_code ec;
   listen(endpoint, ec);
-  if (ec) throw std::system_error(ec, "listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()));
+  if (ec)
+    throw std::system_error(ec, "listen on " + endpoint.address().to_string() + ":" + std::to_string(endpoint.port()));
 }
 
 void Proxy::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
@@ -928,7 +932,8 @@ void Proxy::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
   }
   auto impl = impl_;
   asio::co_spawn(
-      impl->io, [impl]() { return impl->accept_loop(); }, [](std::exception_ptr e) { log_exception(e, "accept loop"); });
+      impl->io, [impl]() { return impl->accept_loop(); },
+      [](std::exception_ptr e) { log_exception(e, "accept loop"); });
   asio::co_spawn(
       impl->io, [impl]() { return impl->sweep_loop(); }, [](std::exception_ptr e) { log_exception(e, "idle sweep"); });
 }
@@ -938,12 +943,20 @@ tcp::endpoint Proxy::local_endpoint() const {
   return impl_->acceptor.local_endpoint(ec);
 }
 
-void Proxy::stop(std::function<void()> done) { impl_->begin_stop(std::nullopt, std::move(done)); }
+void Proxy::stop(std::function<void()> done) {
+  impl_->begin_stop(std::nullopt, std::move(done));
+}
 
-void Proxy::stop(milliseconds grace, std::function<void()> done) { impl_->begin_stop(grace, std::move(done)); }
+void Proxy::stop(milliseconds grace, std::function<void()> done) {
+  impl_->begin_stop(grace, std::move(done));
+}
 
-ProxyCounters Proxy::counters() const { return impl_->counters; }
+ProxyCounters Proxy::counters() const {
+  return impl_->counters;
+}
 
-const ProxyOptions& Proxy::options() const { return impl_->options; }
+const ProxyOptions& Proxy::options() const {
+  return impl_->options;
+}
 
 }  // namespace weldr

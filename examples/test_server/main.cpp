@@ -26,6 +26,7 @@
 
 #include <llhttp.h>
 
+#include <fmt/format.h>
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
@@ -36,7 +37,6 @@
 #include <asio/strand.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
-#include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
@@ -72,7 +72,8 @@ constexpr unsigned kMaxThreads = 256;
 /// offset is the slice starting at offset % 26.
 constexpr auto kLargePattern = [] {
   std::array<char, kBufferSize + 26> bytes{};
-  for (std::size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>('a' + i % 26);
+  for (std::size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = static_cast<char>('a' + i % 26);
   return bytes;
 }();
 
@@ -109,9 +110,16 @@ std::optional<std::string_view> query_param(std::string_view query, std::string_
 std::string_view reason_phrase(unsigned status) {
   using Phrase = std::pair<unsigned, std::string_view>;
   static constexpr std::array<Phrase, 10> kPhrases{{
-      {200, "OK"}, {201, "Created"}, {204, "No Content"}, {304, "Not Modified"}, {400, "Bad Request"},
-      {404, "Not Found"}, {431, "Request Header Fields Too Large"}, {500, "Internal Server Error"},
-      {502, "Bad Gateway"}, {503, "Service Unavailable"},
+      {200, "OK"},
+      {201, "Created"},
+      {204, "No Content"},
+      {304, "Not Modified"},
+      {400, "Bad Request"},
+      {404, "Not Found"},
+      {431, "Request Header Fields Too Large"},
+      {500, "Internal Server Error"},
+      {502, "Bad Gateway"},
+      {503, "Service Unavailable"},
   }};
   const auto it = std::ranges::find(kPhrases, status, &Phrase::first);
   return it == kPhrases.end() ? "Unknown" : it->second;
@@ -134,7 +142,7 @@ enum class BodyMode { discard, echo, echo_chunked };
 
 /// One client connection: parses requests in order and answers each before reading the next.
 class Connection {
-public:
+ public:
   /// Takes over an accepted socket.
   explicit Connection(tcp::socket socket) : socket_(std::move(socket)) {
     llhttp_init(&parser_, HTTP_REQUEST, &settings());
@@ -148,7 +156,7 @@ public:
   /// Serves requests until the peer closes, an error, or kIdleTimeout without progress.
   asio::awaitable<void> run() { co_await (serve() || watchdog()); }
 
-private:
+ private:
   static Connection& self(llhttp_t* parser) { return *static_cast<Connection*>(parser->data); }
   static const llhttp_settings_t& settings();
 
@@ -264,10 +272,12 @@ const llhttp_settings_t& Connection::settings() {
 std::string Connection::response_head(unsigned status, std::string_view fields) const {
   // HTTP/1.0 closes by default, so keep-alive must be confirmed to it explicitly.
   std::string_view connection;
-  if (!keep_alive_) connection = "Connection: close\r\n";
-  else if (parser_.http_minor == 0) connection = "Connection: keep-alive\r\n";
-  return fmt::format("HTTP/1.1 {} {}\r\nServer: weldr-test-server\r\n{}{}\r\n", status, reason_phrase(status),
-                     fields, connection);
+  if (!keep_alive_)
+    connection = "Connection: close\r\n";
+  else if (parser_.http_minor == 0)
+    connection = "Connection: keep-alive\r\n";
+  return fmt::format("HTTP/1.1 {} {}\r\nServer: weldr-test-server\r\n{}{}\r\n", status, reason_phrase(status), fields,
+                     connection);
 }
 
 llhttp_errno_t Connection::parse() {
@@ -367,9 +377,10 @@ asio::awaitable<bool> Connection::respond() {
   if (path == "/health") co_return co_await send_text(200, "OK");
   if (path == "/headers") {
     const auto method = static_cast<llhttp_method_t>(parser_.method);
-    std::string body = fmt::format("{} {} HTTP/{}.{}\n", llhttp_method_name(method), target_, parser_.http_major,
-                                   parser_.http_minor);
-    for (const auto& [field, value] : headers_) body += fmt::format("{}: {}\n", field, value);
+    std::string body =
+        fmt::format("{} {} HTTP/{}.{}\n", llhttp_method_name(method), target_, parser_.http_major, parser_.http_minor);
+    for (const auto& [field, value] : headers_)
+      body += fmt::format("{}: {}\n", field, value);
     co_return co_await send_text(200, body);
   }
   // HTTP/1.0 has no chunked coding (RFC 9112 section 7), so it gets a plain body.
@@ -408,8 +419,10 @@ asio::awaitable<bool> Connection::echo() {
   const bool chunked = (parser_.flags & F_CHUNKED) != 0;
   std::string fields;
   if (const auto type = header("Content-Type")) fields = fmt::format("Content-Type: {}\r\n", *type);
-  if (chunked) fields += "Transfer-Encoding: chunked\r\n";
-  else fields += fmt::format("Content-Length: {}\r\n", parser_.content_length);
+  if (chunked)
+    fields += "Transfer-Encoding: chunked\r\n";
+  else
+    fields += fmt::format("Content-Length: {}\r\n", parser_.content_length);
   const bool sent = co_await send(200, fields, "");
   if (!sent) co_return false;
   BodyMode mode = chunked ? BodyMode::echo_chunked : BodyMode::echo;
@@ -540,8 +553,7 @@ int main(int argc, char** argv) {
   tcp::acceptor acceptor(context);
   error = listen(acceptor, tcp::endpoint(address, options.port));
   if (error) {
-    fmt::print(stderr, "weldr-test-server: cannot listen on {}:{}: {}\n", options.host, options.port,
-               error.message());
+    fmt::print(stderr, "weldr-test-server: cannot listen on {}:{}: {}\n", options.host, options.port, error.message());
     return 1;
   }
   const auto local = acceptor.local_endpoint();
@@ -555,7 +567,8 @@ int main(int argc, char** argv) {
   asio::co_spawn(context, accept_loop(acceptor), report_exception("accept loop"));
 
   std::vector<std::jthread> workers;
-  for (unsigned i = 1; i < options.threads; ++i) workers.emplace_back([&] { context.run(); });
+  for (unsigned i = 1; i < options.threads; ++i)
+    workers.emplace_back([&] { context.run(); });
   context.run();
   return 0;
 }

@@ -9,16 +9,16 @@ namespace weldr {
 
 /// Errors that weldr reports through std::error_code. Values start at 1.
 enum class errc {
-  invalid_url = 1,       ///< a backend URL that cannot be parsed or uses another scheme
-  bad_request,           ///< a malformed or ambiguous request (400)
-  head_too_large,        ///< a request or response head over the size limit
-  too_many_headers,      ///< more header fields than allowed
-  bad_response,          ///< a malformed response from a backend (502)
-  no_backend,            ///< no usable backend (503)
-  upstream_timeout,      ///< a backend did not answer in time (504)
-  connect_timeout,       ///< connecting to a backend timed out
-  upstream_closed,       ///< a backend closed or reset before a complete response
-  client_timeout,        ///< a client was too slow
+  invalid_url = 1,   ///< a backend URL that cannot be parsed or uses another scheme
+  bad_request,       ///< a malformed or ambiguous request (400)
+  head_too_large,    ///< a request or response head over the size limit
+  too_many_headers,  ///< more header fields than allowed
+  bad_response,      ///< a malformed response from a backend (502)
+  no_backend,        ///< no usable backend (503)
+  upstream_timeout,  ///< a backend did not answer in time (504)
+  connect_timeout,   ///< connecting to a backend timed out
+  upstream_closed,   ///< a backend closed or reset before a complete response
+  client_timeout,    ///< a client was too slow
 };
 
 /// The category of weldr::errc values.

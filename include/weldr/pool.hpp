@@ -66,7 +66,9 @@ class Backend {
   /// Requests in flight right now.
   [[nodiscard]] std::uint64_t active_requests() const noexcept { return in_flight_.load(std::memory_order_relaxed); }
   /// Open upstream connections (busy or idle in a cache) to this backend.
-  [[nodiscard]] std::int64_t active_connections() const noexcept { return connections_.load(std::memory_order_relaxed); }
+  [[nodiscard]] std::int64_t active_connections() const noexcept {
+    return connections_.load(std::memory_order_relaxed);
+  }
 
   /// Adjusts the open-connection gauge; called by the Proxy when it opens or closes a socket.
   void add_connections(std::int64_t delta) noexcept { connections_.fetch_add(delta, std::memory_order_relaxed); }

@@ -37,12 +37,12 @@ struct Head {
   Span reason;
   // Both.
   std::vector<Field> fields;
-  std::size_t size{0};         ///< bytes of the raw head, CRLFCRLF included
-  bool keep_alive{false};      ///< the sender allows another message on this connection
-  bool chunked{false};         ///< Transfer-Encoding ends in chunked
+  std::size_t size{0};     ///< bytes of the raw head, CRLFCRLF included
+  bool keep_alive{false};  ///< the sender allows another message on this connection
+  bool chunked{false};     ///< Transfer-Encoding ends in chunked
   bool has_content_length{false};
   std::uint64_t content_length{0};
-  bool upgrade{false};         ///< Connection: upgrade with an Upgrade header (or CONNECT)
+  bool upgrade{false};  ///< Connection: upgrade with an Upgrade header (or CONNECT)
 
   /// True for HTTP/1.1 and later.
   [[nodiscard]] bool is_http11() const noexcept { return http_major > 1 || (http_major == 1 && http_minor >= 1); }
@@ -64,8 +64,10 @@ void for_each_token(std::string_view value, Fn&& fn) {
     std::size_t comma = value.find(',', pos);
     if (comma == std::string_view::npos) comma = value.size();
     std::string_view token = value.substr(pos, comma - pos);
-    while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-    while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+    while (!token.empty() && (token.front() == ' ' || token.front() == '\t'))
+      token.remove_prefix(1);
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t'))
+      token.remove_suffix(1);
     if (!token.empty()) fn(token);
     pos = comma + 1;
   }

@@ -5,7 +5,9 @@
 namespace weldr::http {
 
 namespace {
-Parser& self(llhttp_t* p) noexcept { return *static_cast<Parser*>(p->data); }
+Parser& self(llhttp_t* p) noexcept {
+  return *static_cast<Parser*>(p->data);
+}
 }  // namespace
 
 const llhttp_settings_t& Parser::settings() noexcept {
@@ -181,9 +183,7 @@ Parser::Event Parser::feed(const char* base, std::size_t offset, std::size_t len
   const char* data = base + offset;
   const llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
   switch (rc) {
-    case HPE_OK:
-      consumed = len;
-      break;
+    case HPE_OK: consumed = len; break;
     case HPE_PAUSED:
       paused_ = true;
       consumed = static_cast<std::size_t>(llhttp_get_error_pos(&parser_) - data);

@@ -76,8 +76,8 @@ void append_number(std::string& out, long long value) {
 // field that is kept can carry our entry: a sender that names Via in Connection must not be
 // able to drop this hop's entry along with its own.
 template <typename Skip>
-void copy_fields(std::string& out, const char* base, const Head& head, std::string_view via,
-                 std::string_view xff_entry, Skip&& skip) {
+void copy_fields(std::string& out, const char* base, const Head& head, std::string_view via, std::string_view xff_entry,
+                 Skip&& skip) {
   const int last_via = last_index(base, head, "via", skip);
   const int last_xff = xff_entry.empty() ? -1 : last_index(base, head, "x-forwarded-for", skip);
   for (std::size_t i = 0; i < head.fields.size(); ++i) {

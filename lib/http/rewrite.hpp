@@ -20,11 +20,11 @@ struct RequestRewrite {
 
 /// How the proxy frames a response for its client.
 struct ResponseRewrite {
-  std::string_view via;        ///< this hop's Via entry
-  bool close{false};           ///< the client connection closes after this response
-  bool client_http10{false};   ///< the client speaks HTTP/1.0
-  bool dechunk{false};         ///< the body is sent without chunked framing (HTTP/1.0 client)
-  bool upgrade{false};         ///< a 101 response: keep Upgrade and say Connection: upgrade
+  std::string_view via;       ///< this hop's Via entry
+  bool close{false};          ///< the client connection closes after this response
+  bool client_http10{false};  ///< the client speaks HTTP/1.0
+  bool dechunk{false};        ///< the body is sent without chunked framing (HTTP/1.0 client)
+  bool upgrade{false};        ///< a 101 response: keep Upgrade and say Connection: upgrade
 };
 
 /// Why a request must be refused: the status to answer with (0 when it is acceptable) and why.

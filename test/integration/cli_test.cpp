@@ -17,8 +17,8 @@
 #include <string>
 #include <thread>
 
-using weldr::test::Process;
 using weldr::test::port_from_line;
+using weldr::test::Process;
 
 namespace {
 
@@ -61,7 +61,8 @@ class Pattern {
  public:
   Pattern() {
     block_.resize(26 + kChunk);
-    for (std::size_t i = 0; i < block_.size(); ++i) block_[i] = static_cast<char>('a' + i % 26);
+    for (std::size_t i = 0; i < block_.size(); ++i)
+      block_[i] = static_cast<char>('a' + i % 26);
   }
   static constexpr std::size_t kChunk = 64 * 1024;
   [[nodiscard]] const char* at(std::uint64_t offset) const { return block_.data() + offset % 26; }

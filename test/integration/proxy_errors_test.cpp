@@ -6,8 +6,8 @@
 #include "client.hpp"
 #include "origin.hpp"
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -35,7 +35,6 @@ void require_usable(std::uint16_t proxy_port) {
   REQUIRE(r.body == "Hello World");
 }
 
-
 // A handler that answers `path` with `reply` and everything else with the default behaviour.
 Handler reply_on(std::string path, Reply reply) {
   return [path = std::move(path), reply = std::move(reply)](const RecordedRequest& request) {
@@ -46,7 +45,8 @@ Handler reply_on(std::string path, Reply reply) {
 // A request head with `count` header fields in all (Host included).
 std::string request_with_fields(std::size_t count) {
   std::string out = "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n";
-  for (std::size_t i = 1; i < count; ++i) out += fmt::format("X-Field-{}: {}\r\n", i, i);
+  for (std::size_t i = 1; i < count; ++i)
+    out += fmt::format("X-Field-{}: {}\r\n", i, i);
   return out + "\r\n";
 }
 
@@ -189,7 +189,9 @@ TEST_CASE("request heads over the limits get 431", "[integration]") {
     require_431("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + std::string(70 * 1024, 'a') + "\r\n\r\n");
   }
 
-  SECTION("101 header fields") { require_431(request_with_fields(101)); }
+  SECTION("101 header fields") {
+    require_431(request_with_fields(101));
+  }
 
   SECTION("100 header fields are still accepted") {
     const Response r = client.exchange(request_with_fields(100));
@@ -317,8 +319,7 @@ bool ends_with_reset(std::uint16_t port, const std::string& request) {
 
 }  // namespace
 
-TEST_CASE("a response without length framing that is cut short ends with a reset, not a clean close",
-          "[integration]") {
+TEST_CASE("a response without length framing that is cut short ends with a reset, not a clean close", "[integration]") {
   SECTION("close-delimited body, the origin resets") {
     const std::string head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial-body";
     Origin origin(reply_on("/cut", Reply{.close_after_bytes = head.size(), .reset = true, .raw = head}));

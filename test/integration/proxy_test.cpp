@@ -6,8 +6,8 @@
 #include "client.hpp"
 #include "origin.hpp"
 
-#include <catch2/catch.hpp>
 #include <fmt/format.h>
+#include <catch2/catch.hpp>
 
 #include <array>
 #include <chrono>
@@ -24,8 +24,8 @@ constexpr std::size_t kMiB = 1024 * 1024;
 // A chunked request for `body` cut into pieces of `piece` bytes.
 std::string chunked_request(std::string_view target, std::string_view body, std::size_t piece,
                             std::string_view extra_headers = {}) {
-  std::string out = fmt::format("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n{}\r\n",
-                                target, extra_headers);
+  std::string out =
+      fmt::format("POST {} HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n{}\r\n", target, extra_headers);
   for (std::size_t i = 0; i < body.size(); i += piece) {
     const std::string_view part = body.substr(i, piece);
     out += fmt::format("{:x}\r\n", part.size());
@@ -275,8 +275,8 @@ TEST_CASE("the request is rewritten for the origin", "[integration]") {
   }
 
   SECTION("existing Via and X-Forwarded-For are appended to") {
-    const Response r = client.exchange(
-        "GET / HTTP/1.1\r\nHost: example.test\r\nVia: 1.0 fred\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
+    const Response r =
+        client.exchange("GET / HTTP/1.1\r\nHost: example.test\r\nVia: 1.0 fred\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n");
     INFO(r.describe());
     REQUIRE(r.status == 200);
     const auto seen = origin.requests();
@@ -324,8 +324,12 @@ TEST_CASE("the response is rewritten for the client", "[integration]") {
     if (request.path() != "/hop") return Origin::default_reply(request);
     Reply reply;
     reply.body = "hop";
-    reply.headers = {{"Connection", "close, X-Secret"}, {"X-Secret", "s3cr3t"},  {"Keep-Alive", "timeout=5"},
-                     {"Proxy-Authenticate", "Basic realm=x"}, {"Trailer", "X-Checksum"}, {"Upgrade", "h2c"},
+    reply.headers = {{"Connection", "close, X-Secret"},
+                     {"X-Secret", "s3cr3t"},
+                     {"Keep-Alive", "timeout=5"},
+                     {"Proxy-Authenticate", "Basic realm=x"},
+                     {"Trailer", "X-Checksum"},
+                     {"Upgrade", "h2c"},
                      {"X-Public", "p"}};
     return reply;
   });
@@ -418,8 +422,7 @@ TEST_CASE("Expect: 100-continue is relayed before the body is sent", "[integrati
   TestProxy proxy({origin.endpoint_url()});
   Client client(proxy.port());
 
-  REQUIRE(client.send(
-      "POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"));
+  REQUIRE(client.send("POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n"));
   const Response interim = client.read_response(/*head_request=*/false, /*return_interim=*/true);
   INFO(interim.describe());
   REQUIRE(interim.complete);

@@ -49,7 +49,9 @@ std::string header_joined(const Headers& headers, std::string_view name) {
   return out;
 }
 
-bool has_header(const Headers& headers, std::string_view name) { return header_value(headers, name).has_value(); }
+bool has_header(const Headers& headers, std::string_view name) {
+  return header_value(headers, name).has_value();
+}
 
 bool header_has_token(const Headers& headers, std::string_view name, std::string_view token) {
   const std::string joined = header_joined(headers, name);
@@ -58,8 +60,10 @@ bool header_has_token(const Headers& headers, std::string_view name, std::string
     const auto comma = rest.find(',');
     std::string_view item = rest.substr(0, comma);
     rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
-    while (!item.empty() && (item.front() == ' ' || item.front() == '\t')) item.remove_prefix(1);
-    while (!item.empty() && (item.back() == ' ' || item.back() == '\t')) item.remove_suffix(1);
+    while (!item.empty() && (item.front() == ' ' || item.front() == '\t'))
+      item.remove_prefix(1);
+    while (!item.empty() && (item.back() == ' ' || item.back() == '\t'))
+      item.remove_suffix(1);
     if (iequals(item, token)) return true;
   }
   return false;
@@ -210,16 +214,28 @@ MessageParser::Result MessageParser::finish() {
   return {Event::error, 0};
 }
 
-void MessageParser::expect_no_body(bool no_body) noexcept { impl_->no_body = no_body; }
-const Message& MessageParser::message() const noexcept { return impl_->message; }
-bool MessageParser::in_message() const noexcept { return impl_->in_message; }
-const std::string& MessageParser::error() const noexcept { return impl_->error; }
+void MessageParser::expect_no_body(bool no_body) noexcept {
+  impl_->no_body = no_body;
+}
+const Message& MessageParser::message() const noexcept {
+  return impl_->message;
+}
+bool MessageParser::in_message() const noexcept {
+  return impl_->in_message;
+}
+const std::string& MessageParser::error() const noexcept {
+  return impl_->error;
+}
 
 // --- Response --------------------------------------------------------------------------------
 
-std::string Response::header(std::string_view name) const { return header_value(headers, name).value_or(""); }
+std::string Response::header(std::string_view name) const {
+  return header_value(headers, name).value_or("");
+}
 
-bool Response::has(std::string_view name) const { return has_header(headers, name); }
+bool Response::has(std::string_view name) const {
+  return has_header(headers, name);
+}
 
 std::string Response::describe() const {
   return fmt::format("status={} complete={} closed={} timed_out={} error='{}' body_size={} interim={}", status,
@@ -282,7 +298,9 @@ Client::Client(std::uint16_t port, std::chrono::milliseconds timeout) : timeout_
   if (fd_ < 0) throw std::system_error(ec, fmt::format("connect to 127.0.0.1:{}", port));
 }
 
-Client::~Client() { close(); }
+Client::~Client() {
+  close();
+}
 
 bool Client::send(std::string_view bytes) {
   const auto deadline = std::chrono::steady_clock::now() + timeout_;
@@ -446,10 +464,16 @@ RefusingPort::RefusingPort() {
   port_ = ntohs(addr.sin_port);
 }
 
-RefusingPort::~RefusingPort() { ::close(fd_); }
+RefusingPort::~RefusingPort() {
+  ::close(fd_);
+}
 
-std::string RefusingPort::url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+std::string RefusingPort::url() const {
+  return fmt::format("http://127.0.0.1:{}", port_);
+}
 
-std::string RefusingPort::id() const { return fmt::format("127.0.0.1:{}", port_); }
+std::string RefusingPort::id() const {
+  return fmt::format("127.0.0.1:{}", port_);
+}
 
 }  // namespace weldr::test

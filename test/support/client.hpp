@@ -33,17 +33,17 @@ bool header_has_token(const Headers& headers, std::string_view name, std::string
 
 /// One parsed HTTP/1.x message (request or response).
 struct Message {
-  std::string method;       ///< request method, e.g. "GET" (requests only)
-  std::string target;       ///< request target as sent, e.g. "/echo?x=1" (requests only)
-  int status{0};            ///< status code (responses only)
-  std::string reason;       ///< reason phrase (responses only)
-  int version_major{1};     ///< HTTP major version
-  int version_minor{1};     ///< HTTP minor version
-  Headers headers;          ///< header fields as received
-  std::string body;         ///< the body, decoded (chunk framing removed)
-  std::string raw_body;     ///< the body bytes as on the wire (only when parsing with pause_on_head)
-  bool chunked{false};      ///< sent with Transfer-Encoding: chunked
-  bool keep_alive{false};   ///< llhttp's verdict: the connection may carry another message
+  std::string method;      ///< request method, e.g. "GET" (requests only)
+  std::string target;      ///< request target as sent, e.g. "/echo?x=1" (requests only)
+  int status{0};           ///< status code (responses only)
+  std::string reason;      ///< reason phrase (responses only)
+  int version_major{1};    ///< HTTP major version
+  int version_minor{1};    ///< HTTP minor version
+  Headers headers;         ///< header fields as received
+  std::string body;        ///< the body, decoded (chunk framing removed)
+  std::string raw_body;    ///< the body bytes as on the wire (only when parsing with pause_on_head)
+  bool chunked{false};     ///< sent with Transfer-Encoding: chunked
+  bool keep_alive{false};  ///< llhttp's verdict: the connection may carry another message
 };
 
 /// An incremental HTTP/1.1 parser (llhttp, strict) that stops at message boundaries.
@@ -95,11 +95,11 @@ class MessageParser {
 
 /// A response read by Client::read_response.
 struct Response : Message {
-  bool complete{false};           ///< a whole response was parsed
-  bool closed{false};             ///< the peer closed (or reset) the connection while reading
-  bool timed_out{false};          ///< nothing arrived within the client's timeout
-  std::string error;              ///< what went wrong when not complete
-  std::vector<Message> interim;   ///< 1xx responses received before this one (when skipped)
+  bool complete{false};          ///< a whole response was parsed
+  bool closed{false};            ///< the peer closed (or reset) the connection while reading
+  bool timed_out{false};         ///< nothing arrived within the client's timeout
+  std::string error;             ///< what went wrong when not complete
+  std::vector<Message> interim;  ///< 1xx responses received before this one (when skipped)
 
   /// First value of header `name`, or "" when absent.
   [[nodiscard]] std::string header(std::string_view name) const;

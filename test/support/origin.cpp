@@ -13,12 +13,11 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <condition_variable>
 #include <cstdio>
 #include <exception>
-#include <condition_variable>
 #include <mutex>
 #include <set>
-
 
 namespace weldr::test {
 
@@ -55,12 +54,15 @@ std::optional<T> parse_number(std::string_view text) {
   return value;
 }
 
-bool body_allowed(int status) { return status >= 200 && status != 204 && status != 304; }
+bool body_allowed(int status) {
+  return status >= 200 && status != 204 && status != 304;
+}
 
 std::string serialize(const RecordedRequest& request, const Reply& reply) {
   std::string out = fmt::format("HTTP/1.1 {} {}\r\n", reply.status,
                                 reply.reason.empty() ? standard_reason(reply.status) : reply.reason);
-  for (const auto& [name, value] : reply.headers) out += fmt::format("{}: {}\r\n", name, value);
+  for (const auto& [name, value] : reply.headers)
+    out += fmt::format("{}: {}\r\n", name, value);
   const bool with_body = body_allowed(reply.status);
   if (with_body && reply.chunked) {
     out += "Transfer-Encoding: chunked\r\n";
@@ -92,9 +94,13 @@ bool expects_body(const Message& m) {
 
 // --- RecordedRequest -------------------------------------------------------------------------
 
-std::string RecordedRequest::header(std::string_view name) const { return header_value(headers, name).value_or(""); }
+std::string RecordedRequest::header(std::string_view name) const {
+  return header_value(headers, name).value_or("");
+}
 
-bool RecordedRequest::has(std::string_view name) const { return has_header(headers, name); }
+bool RecordedRequest::has(std::string_view name) const {
+  return has_header(headers, name);
+}
 
 std::string_view RecordedRequest::path() const {
   const std::string_view t = target;
@@ -117,7 +123,8 @@ std::optional<std::string> RecordedRequest::query(std::string_view key) const {
 
 std::string large_body(std::size_t size) {
   std::string body(size, '\0');
-  for (std::size_t i = 0; i < size; ++i) body[i] = static_cast<char>('a' + i % 26);
+  for (std::size_t i = 0; i < size; ++i)
+    body[i] = static_cast<char>('a' + i % 26);
   return body;
 }
 
@@ -181,8 +188,7 @@ struct Origin::Impl {
       input.erase(0, r.consumed);
       switch (r.event) {
         case MessageParser::Event::error:
-        case MessageParser::Event::eof:
-          co_return;
+        case MessageParser::Event::eof: co_return;
         case MessageParser::Event::head_complete: {
           if (wants_continue(parser.message())) {
             constexpr std::string_view interim = "HTTP/1.1 100 Continue\r\n\r\n";
@@ -198,8 +204,7 @@ struct Origin::Impl {
           if (!co_await respond(*c, record(std::move(request)))) co_return;
           continue;
         }
-        case MessageParser::Event::need_more:
-          break;
+        case MessageParser::Event::need_more: break;
       }
       if (stopping) co_return;
       auto [ec, n] = co_await c->socket.async_read_some(asio::buffer(buffer), use_tuple);
@@ -305,9 +310,13 @@ Origin::~Origin() {
   impl_->thread.join();
 }
 
-std::string Origin::endpoint_url() const { return fmt::format("http://127.0.0.1:{}", port_); }
+std::string Origin::endpoint_url() const {
+  return fmt::format("http://127.0.0.1:{}", port_);
+}
 
-std::string Origin::id() const { return fmt::format("127.0.0.1:{}", port_); }
+std::string Origin::id() const {
+  return fmt::format("127.0.0.1:{}", port_);
+}
 
 void Origin::set_handler(Handler handler) {
   std::lock_guard lock(impl_->mutex);
@@ -389,9 +398,9 @@ ProxyOptions TestProxy::test_options() {
   return o;
 }
 
-TestProxy::TestProxy(const std::vector<std::string>& backends, ProxyOptions options)
-    : pool_(std::make_unique<Pool>()) {
-  for (const auto& url : backends) pool_->add(url);
+TestProxy::TestProxy(const std::vector<std::string>& backends, ProxyOptions options) : pool_(std::make_unique<Pool>()) {
+  for (const auto& url : backends)
+    pool_->add(url);
   proxy_ = std::make_unique<Proxy>(io_, *pool_, std::move(options));
   proxy_->listen(asio::ip::tcp::endpoint(asio::ip::address_v4::loopback(), 0));
   port_ = proxy_->local_endpoint().port();

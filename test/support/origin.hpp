@@ -44,21 +44,21 @@ struct RecordedRequest : Message {
 
 /// What the origin does with one request: a normal response, or scripted misbehaviour.
 struct Reply {
-  int status{200};          ///< status code
-  std::string reason{};     ///< reason phrase; empty picks the standard one
-  Headers headers{};        ///< extra header fields, sent as given (hop-by-hop ones included)
-  std::string body{};       ///< the body (not sent for HEAD, whose Content-Length still counts it)
-  bool chunked{false};      ///< send the body with Transfer-Encoding: chunked
-  std::size_t chunk_size{16 * 1024};  ///< size of each chunk when chunked
-  bool content_length{true};  ///< add Content-Length (when not chunked); false with keep_alive=false
-                              ///< gives a close-delimited body
-  bool keep_alive{true};    ///< false: send "Connection: close" and close after the response
-  bool close_after_response{false};  ///< close silently after the response (no Connection: close)
+  int status{200};                     ///< status code
+  std::string reason{};                ///< reason phrase; empty picks the standard one
+  Headers headers{};                   ///< extra header fields, sent as given (hop-by-hop ones included)
+  std::string body{};                  ///< the body (not sent for HEAD, whose Content-Length still counts it)
+  bool chunked{false};                 ///< send the body with Transfer-Encoding: chunked
+  std::size_t chunk_size{16 * 1024};   ///< size of each chunk when chunked
+  bool content_length{true};           ///< add Content-Length (when not chunked); false with keep_alive=false
+                                       ///< gives a close-delimited body
+  bool keep_alive{true};               ///< false: send "Connection: close" and close after the response
+  bool close_after_response{false};    ///< close silently after the response (no Connection: close)
   std::chrono::milliseconds delay{0};  ///< wait this long before answering
   std::optional<std::size_t> close_after_bytes{};  ///< send only the first K bytes of the response, then close
-  bool reset{false};        ///< when closing early (close_after_bytes, close_without_response), send an RST
-  std::optional<std::string> raw{};  ///< send exactly these bytes instead of a formatted response
-  bool no_response{false};  ///< never answer; keep the connection open until the origin stops
+  bool reset{false};                   ///< when closing early (close_after_bytes, close_without_response), send an RST
+  std::optional<std::string> raw{};    ///< send exactly these bytes instead of a formatted response
+  bool no_response{false};             ///< never answer; keep the connection open until the origin stops
   bool close_without_response{false};  ///< close the connection instead of answering
 };
 
@@ -152,9 +152,8 @@ class TestProxy {
   auto call(F f) -> std::invoke_result_t<F&, Proxy&> {
     using R = std::invoke_result_t<F&, Proxy&>;
     // Shared, so that a task that runs after a timeout still has everything it refers to.
-    auto task = std::make_shared<std::packaged_task<R()>>([f = std::move(f), proxy = proxy_.get()]() mutable {
-      return f(*proxy);
-    });
+    auto task = std::make_shared<std::packaged_task<R()>>(
+        [f = std::move(f), proxy = proxy_.get()]() mutable { return f(*proxy); });
     auto future = task->get_future();
     asio::post(io_, [task] { (*task)(); });
     if (future.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {

@@ -22,11 +22,13 @@ Process::Process(std::vector<std::string> argv, std::vector<std::string> env) {
     const std::string_view var(*e);
     const auto name = var.substr(0, var.find('=') + 1);
     bool replaced = false;
-    for (const auto& mine : env) replaced = replaced || std::string_view(mine).substr(0, name.size()) == name;
+    for (const auto& mine : env)
+      replaced = replaced || std::string_view(mine).substr(0, name.size()) == name;
     if (!replaced) env.emplace_back(var);
   }
   std::vector<char*> envp;
-  for (auto& e : env) envp.push_back(e.data());
+  for (auto& e : env)
+    envp.push_back(e.data());
   envp.push_back(nullptr);
 
   int fds[2];
@@ -36,7 +38,8 @@ Process::Process(std::vector<std::string> argv, std::vector<std::string> env) {
   posix_spawn_file_actions_adddup2(&actions, fds[1], 1);
   posix_spawn_file_actions_adddup2(&actions, fds[1], 2);
   std::vector<char*> args;
-  for (auto& a : argv) args.push_back(a.data());
+  for (auto& a : argv)
+    args.push_back(a.data());
   args.push_back(nullptr);
   const int rc = ::posix_spawn(&pid_, args[0], &actions, nullptr, args.data(), envp.data());
   posix_spawn_file_actions_destroy(&actions);
@@ -82,7 +85,9 @@ std::optional<std::string> Process::wait_for_line(std::string_view needle, std::
   }
 }
 
-void Process::signal(int sig) const { ::kill(pid_, sig); }
+void Process::signal(int sig) const {
+  ::kill(pid_, sig);
+}
 
 std::optional<int> Process::wait(std::chrono::milliseconds timeout) {
   if (exit_code_) return exit_code_;

@@ -3,11 +3,11 @@
 /// A child process for end-to-end tests: started with posix_spawn, its stdout and stderr read
 /// through one pipe, killed in the destructor if it is still running.
 
+#include <sys/types.h>
 #include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
-#include <sys/types.h>
 #include <vector>
 
 namespace weldr::test {

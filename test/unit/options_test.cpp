@@ -48,9 +48,8 @@ TEST_CASE("defaults and flags", "[cli]") {
   CHECK(r.options->threads >= 1);
   CHECK(r.options->proxy.connect_timeout == 1s);
 
-  r = parse({"--ip", "127.0.0.1:9000", "--server", "http://127.0.0.1:1", "--server", "127.0.0.1:2", "--threads",
-             "3", "--connect-timeout", "250ms", "--read-timeout", "2s", "--client-timeout", "1m", "--log-level",
-             "debug"});
+  r = parse({"--ip", "127.0.0.1:9000", "--server", "http://127.0.0.1:1", "--server", "127.0.0.1:2", "--threads", "3",
+             "--connect-timeout", "250ms", "--read-timeout", "2s", "--client-timeout", "1m", "--log-level", "debug"});
   REQUIRE(r.options);
   CHECK(r.options->servers.size() == 2);
   CHECK(r.options->threads == 3);
@@ -63,11 +62,11 @@ TEST_CASE("defaults and flags", "[cli]") {
 
 TEST_CASE("bad input is one line and exit code 2", "[cli]") {
   for (auto args : std::vector<std::vector<const char*>>{{"--ip", "nowhere"},
-                                                          {"--server", "https://1.2.3.4:1"},
-                                                          {"--threads", "0"},
-                                                          {"--read-timeout", "soon"},
-                                                          {"--log-level", "loud"},
-                                                          {"--bogus"}}) {
+                                                         {"--server", "https://1.2.3.4:1"},
+                                                         {"--threads", "0"},
+                                                         {"--read-timeout", "soon"},
+                                                         {"--log-level", "loud"},
+                                                         {"--bogus"}}) {
     auto r = parse(args);
     INFO(args[0]);
     CHECK_FALSE(r.options);

@@ -60,7 +60,8 @@ TEST_CASE("request head is split into spans, whatever the read boundaries", "[pa
 }
 
 TEST_CASE("body bytes are counted up to the end of the message", "[parser]") {
-  const std::string text = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nT: v\r\n\r\nGET";
+  const std::string text =
+      "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n0\r\nT: v\r\n\r\nGET";
   Feeder f(Parser::Kind::request);
   REQUIRE(f.head(text) == Event::head);
   CHECK(f.parser.head().chunked);
@@ -114,7 +115,8 @@ TEST_CASE("head size and header count limits", "[parser]") {
   CHECK(big.parser.error() == weldr::errc::head_too_large);
 
   std::string many = "GET / HTTP/1.1\r\nHost: a\r\n";
-  for (int i = 0; i < 5; ++i) many += "X" + std::to_string(i) + ": v\r\n";
+  for (int i = 0; i < 5; ++i)
+    many += "X" + std::to_string(i) + ": v\r\n";
   Feeder counted(Parser::Kind::request, 64 * 1024, 5);
   CHECK(counted.head(many + "\r\n") == Event::error);
   CHECK(counted.parser.error() == weldr::errc::too_many_headers);

@@ -38,9 +38,9 @@ TEST_CASE("parse_backend_url accepts the shapes users send", "[pool]") {
 }
 
 TEST_CASE("parse_backend_url rejects what it cannot serve", "[pool]") {
-  for (const char* bad : {"", "https://127.0.0.1:443", "ftp://1.2.3.4:21", "127.0.0.1", "127.0.0.1:0",
-                          "127.0.0.1:65536", "127.0.0.1:80x", "127.0.0.1:", "example.com:80", "http://1.2.3.4:80/path",
-                          "[::1:80", "::1:80", "http://:80", "1.2.3.4:-1"}) {
+  for (const char* bad :
+       {"", "https://127.0.0.1:443", "ftp://1.2.3.4:21", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:80x",
+        "127.0.0.1:", "example.com:80", "http://1.2.3.4:80/path", "[::1:80", "::1:80", "http://:80", "1.2.3.4:-1"}) {
     std::error_code ec;
     INFO(bad);
     CHECK_FALSE(weldr::parse_backend_url(bad, ec));
@@ -70,15 +70,19 @@ TEST_CASE("add is idempotent and find/list/remove see the change", "[pool]") {
 
 TEST_CASE("round robin spreads evenly and skips down backends", "[pool]") {
   Pool pool;
-  for (int port = 9001; port <= 9003; ++port) pool.add("127.0.0.1:" + std::to_string(port));
+  for (int port = 9001; port <= 9003; ++port)
+    pool.add("127.0.0.1:" + std::to_string(port));
   std::map<std::string, int> hits;
-  for (int i = 0; i < 300; ++i) ++hits[pool.pick()->id()];
+  for (int i = 0; i < 300; ++i)
+    ++hits[pool.pick()->id()];
   CHECK(hits.size() == 3);
-  for (auto& [id, n] : hits) CHECK(n == 100);
+  for (auto& [id, n] : hits)
+    CHECK(n == 100);
 
   REQUIRE(pool.set_state("127.0.0.1:9002", BackendState::down));
   hits.clear();
-  for (int i = 0; i < 300; ++i) ++hits[pool.pick()->id()];
+  for (int i = 0; i < 300; ++i)
+    ++hits[pool.pick()->id()];
   CHECK(hits.count("127.0.0.1:9002") == 0);
   CHECK(hits.size() == 2);
 
@@ -101,7 +105,8 @@ TEST_CASE("remove drains: no new picks, in-flight requests finish, then the back
   REQUIRE(pool.remove("127.0.0.1:9001"));
   CHECK(busy->state() == BackendState::draining);
   CHECK(pool.size() == 2);  // still listed while draining
-  for (int i = 0; i < 10; ++i) CHECK(pool.pick()->id() == "127.0.0.1:9002");
+  for (int i = 0; i < 10; ++i)
+    CHECK(pool.pick()->id() == "127.0.0.1:9002");
   CHECK_FALSE(pool.set_state("127.0.0.1:9001", BackendState::active));  // draining is final
 
   pool.end_request(*busy, true);
@@ -128,7 +133,8 @@ TEST_CASE("counters count successes and failures", "[pool]") {
 // Run under -DWELDR_SANITIZE=thread to check the lock-free read path against the writers.
 TEST_CASE("concurrent picks, adds, removes and state changes", "[pool][threads]") {
   Pool pool;
-  for (int port = 10000; port < 10004; ++port) pool.add("127.0.0.1:" + std::to_string(port));
+  for (int port = 10000; port < 10004; ++port)
+    pool.add("127.0.0.1:" + std::to_string(port));
   std::atomic<bool> done{false};
   std::atomic<long> picks{0};
   std::atomic<long> bad_picks{0};  // Catch2 assertions are not thread-safe: count, check later
@@ -156,12 +162,14 @@ TEST_CASE("concurrent picks, adds, removes and state changes", "[pool][threads]"
   });
   writer.join();
   done = true;
-  for (auto& r : readers) r.join();
+  for (auto& r : readers)
+    r.join();
   CHECK(picks.load() > 0);
   CHECK(bad_picks.load() == 0);
   // Every drained backend left the pool: only the four permanent ones remain.
   CHECK(pool.size() == 4);
   std::set<std::string> ids;
-  for (auto& b : pool.list()) ids.insert(b->id());
+  for (auto& b : pool.list())
+    ids.insert(b->id());
   CHECK(ids == std::set<std::string>{"127.0.0.1:10000", "127.0.0.1:10001", "127.0.0.1:10002", "127.0.0.1:10003"});
 }

@@ -62,8 +62,8 @@ TEST_CASE("request: hop-by-hop fields are removed, framing fields never", "[rewr
       "POST / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Hop, Content-Length, Host\r\nX-Hop: 1\r\n"
       "Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\n"
       "Proxy-Authorization: Basic eA==\r\nContent-Length: 3\r\nX-End: yes\r\n\r\n");
-  for (const char* gone : {"Connection", "X-Hop", "Keep-Alive", "Proxy-Connection", "TE:", "Trailer", "Upgrade",
-                           "Proxy-Authorization"}) {
+  for (const char* gone :
+       {"Connection", "X-Hop", "Keep-Alive", "Proxy-Connection", "TE:", "Trailer", "Upgrade", "Proxy-Authorization"}) {
     INFO(gone);
     CHECK(out.find(gone) == std::string::npos);
   }
@@ -73,8 +73,7 @@ TEST_CASE("request: hop-by-hop fields are removed, framing fields never", "[rewr
 }
 
 TEST_CASE("request: upgrade keeps Upgrade and says Connection: upgrade", "[rewrite]") {
-  const auto out =
-      request("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
+  const auto out = request("GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n");
   CHECK(out.find("Upgrade: websocket\r\n") != std::string::npos);
   CHECK(out.find("Connection: upgrade\r\n") != std::string::npos);
 }
