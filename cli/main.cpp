@@ -1,12 +1,15 @@
 // weldr-cli: a thin host around libweldr. The main thread runs the control io_context
-// (signals; later the management API and health checks); each worker thread runs one
-// io_context with its own Proxy on the shared port (SO_REUSEPORT), all sharing one Pool.
+// (signals, the management API; later health checks); each worker thread runs one io_context
+// with its own Proxy on the shared port (SO_REUSEPORT), all sharing one Pool and one Stats.
 
 #include "options.hpp"
 
 #include <weldr/log.hpp>
+#include <weldr/management_api.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/proxy.hpp>
+#include <weldr/state_file.hpp>
+#include <weldr/stats.hpp>
 
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
@@ -45,15 +48,28 @@ int main(int argc, char** argv) {
   weldr::set_log_level(options.log_level);
 
   weldr::Pool pool;
+  weldr::Stats stats;
+  std::unique_ptr<weldr::StateFile> state;
+  if (!options.state_file.empty()) {
+    // Registrations made through the API survive restarts; a file that cannot be read is fatal
+    // rather than a silent start with an empty pool.
+    state = std::make_unique<weldr::StateFile>(pool, options.state_file);
+    try {
+      state->start();
+    } catch (const std::exception& e) {
+      log_line(weldr::LogLevel::error, e.what());
+      return 1;
+    }
+  }
   for (const auto& url : options.servers) {
-    if (!pool.add(url)) log_line(weldr::LogLevel::warn, fmt::format("server {} given twice; ignored", url));
+    if (!pool.add(url)) log_line(weldr::LogLevel::info, fmt::format("server {} is already registered", url));
   }
 
   auto endpoint = *weldr::cli::parse_endpoint(options.listen);
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < options.threads; ++i) {
     auto worker = std::make_unique<Worker>();
-    worker->proxy = std::make_unique<weldr::Proxy>(worker->io, pool, options.proxy);
+    worker->proxy = std::make_unique<weldr::Proxy>(worker->io, pool, stats, options.proxy);
     std::error_code ec;
     worker->proxy->listen(endpoint, ec);
     if (ec) {
@@ -71,6 +87,30 @@ int main(int argc, char** argv) {
                                               WELDR_VERSION, bound, options.threads, pool.size()));
 
   asio::io_context control;
+  const auto admin_endpoint = *weldr::cli::parse_endpoint(options.admin_listen);
+  weldr::ApiOptions api_options;
+  api_options.token = options.admin_token;
+  api_options.state_file = state.get();
+  weldr::ManagementApi api(control, pool, stats, api_options);
+  {
+    std::error_code ec;
+    api.listen(admin_endpoint, ec);
+    if (ec) {
+      log_line(weldr::LogLevel::error,
+               fmt::format("cannot listen on {} for the management API: {}", options.admin_listen, ec.message()));
+      return 1;
+    }
+    const auto api_bound = api.local_endpoint();
+    log_line(weldr::LogLevel::info,
+             fmt::format("management API listening on {}:{}{}", api_bound.address().to_string(), api_bound.port(),
+                         options.admin_token.empty() ? "" : " (token required)"));
+    if (options.admin_token.empty() && !admin_endpoint.address().is_loopback()) {
+      log_line(weldr::LogLevel::warn,
+               "the management API listens on a non-loopback address without --admin-token: anyone who can reach "
+               "it can change the pool");
+    }
+  }
+
   asio::signal_set signals(control, SIGINT, SIGTERM);
   std::atomic<unsigned> running{static_cast<unsigned>(workers.size())};
   bool stopping = false;
@@ -82,6 +122,7 @@ int main(int argc, char** argv) {
         std::_Exit(1);
       }
       stopping = true;
+      api.stop();
       log_line(weldr::LogLevel::info, fmt::format("signal {}: finishing in-flight requests (up to {} ms)", signal,
                                                   options.shutdown_timeout.count()));
       for (auto& w : workers) {

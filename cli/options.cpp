@@ -102,9 +102,14 @@ ParseResult parse_options(int argc, const char* const* argv) {
   CLI::App app{"weldr: an HTTP/1.1 reverse proxy and load balancer for dynamic fleets", "weldr-cli"};
   app.set_version_flag("--version", std::string("weldr-cli ") + WELDR_VERSION);
   app.add_option("--ip", o.listen, "Address the proxy listens on")->check(EndpointValidator{})->capture_default_str();
-  app.add_option("--admin-ip", o.admin_listen, "Address of the management API (reserved: the API is not served yet)")
+  app.add_option("--admin-ip", o.admin_listen, "Address of the management API")
       ->check(EndpointValidator{})
       ->capture_default_str();
+  app.add_option("--admin-token", o.admin_token,
+                 "Bearer token every management API request must carry (default: env WELDR_ADMIN_TOKEN)")
+      ->envname("WELDR_ADMIN_TOKEN");
+  app.add_option("--state-file", o.state_file,
+                 "File that keeps registered servers across restarts (written on every change)");
   app.add_option("--server", o.servers, "Origin server URL (repeatable), e.g. http://127.0.0.1:12345")
       ->check(UrlValidator{});
   app.add_option("--threads", o.threads, "Worker threads, one event loop and listener each (default: cores)")

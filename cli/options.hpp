@@ -16,6 +16,8 @@ namespace weldr::cli {
 struct Options {
   std::string listen{"0.0.0.0:8080"};                 ///< --ip
   std::string admin_listen{"127.0.0.1:8687"};         ///< --admin-ip
+  std::string admin_token;                            ///< --admin-token or WELDR_ADMIN_TOKEN
+  std::string state_file;                             ///< --state-file
   std::vector<std::string> servers;                   ///< --server, repeatable
   unsigned threads{0};                                ///< --threads; 0 means one per core
   LogLevel log_level{LogLevel::info};                 ///< --log-level

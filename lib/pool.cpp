@@ -89,7 +89,8 @@ std::string_view to_string(BackendState state) noexcept {
   return "unknown";
 }
 
-Backend::Backend(BackendAddress address) : address_(std::move(address)), id_(address_.id()) {}
+Backend::Backend(BackendAddress address, std::string check)
+    : address_(std::move(address)), id_(address_.id()), check_(std::move(check)) {}
 
 // ---------------------------------------------------------------------------------------------
 // Pool
@@ -151,14 +152,20 @@ void Pool::publish(std::vector<std::shared_ptr<Backend>> backends) {
   version_.store(current_->version, std::memory_order_release);
 }
 
-bool Pool::add(const BackendAddress& address) {
-  auto backend = std::make_shared<Backend>(address);
-  std::lock_guard lock(mutex_);
-  const auto& list = current_->backends;
-  if (std::any_of(list.begin(), list.end(), [&](const auto& b) { return b->id() == backend->id(); })) return false;
-  auto next = list;
-  next.push_back(std::move(backend));
-  publish(std::move(next));
+bool Pool::add(const BackendAddress& address, std::string check) {
+  auto backend = std::make_shared<Backend>(address, std::move(check));
+  std::lock_guard notify_lock(notify_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    const auto& list = current_->backends;
+    if (std::any_of(list.begin(), list.end(), [&](const auto& b) { return b->id() == backend->id(); })) {
+      return false;
+    }
+    auto next = list;
+    next.push_back(backend);
+    publish(std::move(next));
+  }
+  notify(PoolEvent::Kind::added, std::move(backend));
   return true;
 }
 
@@ -170,43 +177,79 @@ bool Pool::add(std::string_view url) {
 }
 
 bool Pool::remove(std::string_view id) {
-  std::lock_guard lock(mutex_);
-  const auto& list = current_->backends;
-  auto it = std::find_if(list.begin(), list.end(), [&](const auto& b) { return b->id() == id; });
-  if (it == list.end() || (*it)->state() == BackendState::draining) return false;
-  Backend& backend = **it;
-  // Sequentially consistent with end_request(): whichever of the two sees the other's write
-  // last takes the drained backend out, so it is never left behind.
-  backend.state_.store(BackendState::draining, std::memory_order_seq_cst);
-  if (backend.in_flight_.load(std::memory_order_seq_cst) == 0) {
-    auto next = list;
-    next.erase(next.begin() + (it - list.begin()));
-    publish(std::move(next));
-  } else {
-    publish(list);  // readers notice the state change through a new version
+  std::lock_guard notify_lock(notify_mutex_);
+  std::shared_ptr<Backend> backend;
+  bool erased = false;
+  {
+    std::lock_guard lock(mutex_);
+    const auto& list = current_->backends;
+    auto it = std::find_if(list.begin(), list.end(), [&](const auto& b) { return b->id() == id; });
+    if (it == list.end() || (*it)->state() == BackendState::draining) return false;
+    backend = *it;
+    // Sequentially consistent with end_request(): whichever of the two sees the other's write
+    // last takes the drained backend out, so it is never left behind.
+    backend->state_.store(BackendState::draining, std::memory_order_seq_cst);
+    if (backend->in_flight_.load(std::memory_order_seq_cst) == 0) {
+      auto next = list;
+      next.erase(next.begin() + (it - list.begin()));
+      publish(std::move(next));
+      erased = true;
+    } else {
+      publish(list);  // readers notice the state change through a new version
+    }
   }
+  notify(PoolEvent::Kind::removed, backend);
+  if (erased) notify(PoolEvent::Kind::erased, std::move(backend));
   return true;
 }
 
 bool Pool::set_state(std::string_view id, BackendState state) {
   if (state == BackendState::draining) return remove(id);
+  std::lock_guard notify_lock(notify_mutex_);
   auto backend = find(id);
   if (!backend) return false;
   BackendState expected = backend->state();
   while (expected != BackendState::draining) {
-    if (backend->state_.compare_exchange_weak(expected, state, std::memory_order_acq_rel)) return true;
+    if (backend->state_.compare_exchange_weak(expected, state, std::memory_order_acq_rel)) {
+      if (expected != state) notify(PoolEvent::Kind::state_changed, std::move(backend));
+      return true;
+    }
   }
   return false;
 }
 
 void Pool::erase_drained(const Backend& backend) {
-  std::lock_guard lock(mutex_);
-  const auto& list = current_->backends;
-  auto it = std::find_if(list.begin(), list.end(), [&](const auto& b) { return b.get() == &backend; });
-  if (it == list.end()) return;
-  auto next = list;
-  next.erase(next.begin() + (it - list.begin()));
-  publish(std::move(next));
+  std::lock_guard notify_lock(notify_mutex_);
+  std::shared_ptr<Backend> gone;
+  {
+    std::lock_guard lock(mutex_);
+    const auto& list = current_->backends;
+    auto it = std::find_if(list.begin(), list.end(), [&](const auto& b) { return b.get() == &backend; });
+    if (it == list.end()) return;
+    gone = *it;
+    auto next = list;
+    next.erase(next.begin() + (it - list.begin()));
+    publish(std::move(next));
+  }
+  notify(PoolEvent::Kind::erased, std::move(gone));
+}
+
+void Pool::notify(PoolEvent::Kind kind, std::shared_ptr<Backend> backend) {
+  if (listeners_.empty()) return;
+  const PoolEvent event{kind, std::move(backend)};
+  for (const auto& [handle, listener] : listeners_)
+    listener(event);
+}
+
+std::uint64_t Pool::subscribe(Listener listener) {
+  std::lock_guard notify_lock(notify_mutex_);
+  listeners_.emplace_back(next_listener_, std::move(listener));
+  return next_listener_++;
+}
+
+void Pool::unsubscribe(std::uint64_t handle) {
+  std::lock_guard notify_lock(notify_mutex_);
+  std::erase_if(listeners_, [&](const auto& entry) { return entry.first == handle; });
 }
 
 std::shared_ptr<Backend> Pool::find(std::string_view id) const {

@@ -2,8 +2,11 @@
 /// \file
 /// The set of origin servers (backends) that weldr balances over.
 
+#include <weldr/stats.hpp>
+
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -41,8 +44,9 @@ std::string_view to_string(BackendState state) noexcept;
 /// One origin server and its live counters. Counters are atomics: readable from any thread.
 class Backend {
  public:
-  /// Creates a backend in the active state.
-  explicit Backend(BackendAddress address);
+  /// Creates a backend in the active state. `check` is its health-check settings as a JSON
+  /// object text ("" when it has none of its own).
+  explicit Backend(BackendAddress address, std::string check = {});
 
   /// The "host:port" identity.
   [[nodiscard]] const std::string& id() const noexcept { return id_; }
@@ -52,6 +56,13 @@ class Backend {
   [[nodiscard]] std::uint16_t port() const noexcept { return address_.port; }
   /// The URL it was registered with (normalised).
   [[nodiscard]] const std::string& url() const noexcept { return address_.url; }
+  /// Where it lives.
+  [[nodiscard]] const BackendAddress& address() const noexcept { return address_; }
+  /// Its own health-check settings as a JSON object text, or "" (fixed at registration).
+  [[nodiscard]] const std::string& check() const noexcept { return check_; }
+  /// Time from sending a request to receiving the whole response, for successful requests.
+  [[nodiscard]] LatencyHistogram& latency() noexcept { return latency_; }
+  [[nodiscard]] const LatencyHistogram& latency() const noexcept { return latency_; }
   /// Current state.
   [[nodiscard]] BackendState state() const noexcept { return state_.load(std::memory_order_acquire); }
   /// True when the balancer may pick it.
@@ -77,12 +88,27 @@ class Backend {
   friend class Pool;
   BackendAddress address_;
   std::string id_;
+  std::string check_;
+  LatencyHistogram latency_;
   std::atomic<BackendState> state_{BackendState::active};
   std::atomic<std::uint64_t> requests_{0};
   std::atomic<std::uint64_t> successes_{0};
   std::atomic<std::uint64_t> failures_{0};
   std::atomic<std::uint64_t> in_flight_{0};
   std::atomic<std::int64_t> connections_{0};
+};
+
+/// A change to the pool, as told to subscribers.
+struct PoolEvent {
+  /// What happened.
+  enum class Kind {
+    added,          ///< a backend joined
+    removed,        ///< remove() was called: it drains and takes no new requests
+    erased,         ///< it left the pool (drained)
+    state_changed,  ///< set_state() changed it (active <-> down)
+  };
+  Kind kind;                         ///< what happened
+  std::shared_ptr<Backend> backend;  ///< to whom
 };
 
 /// A thread-safe, dynamically changing set of backends with a round-robin picker.
@@ -97,8 +123,9 @@ class Pool {
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 
-  /// Adds a backend; false (and no change) when one with the same id is already present.
-  bool add(const BackendAddress& address);
+  /// Adds a backend with optional health-check settings (a JSON object text); false (and no
+  /// change) when one with the same id is already present.
+  bool add(const BackendAddress& address, std::string check = {});
   /// Parses `url` and adds it; throws std::invalid_argument when the URL is not valid.
   bool add(std::string_view url);
   /// Starts draining the backend with this id: no new picks; it leaves the pool once its
@@ -122,13 +149,27 @@ class Pool {
   /// Marks its end; `ok` tells whether it succeeded. A drained backend leaves the pool here.
   void end_request(Backend& backend, bool ok);
 
+  /// Called after each change, in the order of the changes, on the thread that made it.
+  using Listener = std::function<void(const PoolEvent&)>;
+  /// Subscribes `listener` to changes; returns a handle for unsubscribe(). A listener may read
+  /// the pool but must not change it (that would deadlock).
+  std::uint64_t subscribe(Listener listener);
+  /// Stops calling the listener with this handle; when it returns, the listener is not running.
+  void unsubscribe(std::uint64_t handle);
+
  private:
   struct Snapshot;
   std::shared_ptr<const Snapshot> snapshot() const;
   void publish(std::vector<std::shared_ptr<Backend>> backends);  // requires mutex_
   void erase_drained(const Backend& backend);
+  void notify(PoolEvent::Kind kind, std::shared_ptr<Backend> backend);  // requires notify_mutex_
 
   const std::uint64_t uid_;
+  // Writers hold notify_mutex_ across a change and its notification, so listeners see changes
+  // in order; mutex_ guards the snapshot alone, so listeners can read the pool.
+  std::mutex notify_mutex_;
+  std::vector<std::pair<std::uint64_t, Listener>> listeners_;  // guarded by notify_mutex_
+  std::uint64_t next_listener_{1};                             // guarded by notify_mutex_
   mutable std::mutex mutex_;
   std::shared_ptr<const Snapshot> current_;  // guarded by mutex_
   std::atomic<std::uint64_t> version_{0};

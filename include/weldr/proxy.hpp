@@ -16,6 +16,7 @@
 namespace weldr {
 
 class Pool;
+class Stats;
 namespace detail {
 struct ProxyImpl;
 }
@@ -73,8 +74,11 @@ struct ProxyCounters {
 /// `reuse_port` set, all sharing one Pool. The Proxy starts no threads of its own.
 class Proxy {
  public:
-  /// Creates a proxy that will run on `io` and pick backends from `pool`.
+  /// Creates a proxy that will run on `io` and pick backends from `pool`, with counters of its own.
   Proxy(asio::io_context& io, Pool& pool, ProxyOptions options = {});
+  /// Creates a proxy that counts requests in `stats` (shared with other proxies and read by
+  /// the management API); `pool` and `stats` must outlive it.
+  Proxy(asio::io_context& io, Pool& pool, Stats& stats, ProxyOptions options = {});
   /// Closes everything at once; call stop() first for a graceful end.
   ~Proxy();
   Proxy(const Proxy&) = delete;

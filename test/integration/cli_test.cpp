@@ -14,6 +14,8 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 
@@ -111,7 +113,7 @@ struct Programs {
   Programs()
       : origin({WELDR_TEST_SERVER_PATH, "--port", "0"}),
         origin_port(port_from_line(origin.wait_for_line("listening on").value_or(""))),
-        proxy({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--threads", "2", "--server",
+        proxy({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--threads", "2", "--server",
                "http://127.0.0.1:" + std::to_string(origin_port)},
               no_quarantine()),
         proxy_port(port_from_line(proxy.wait_for_line("listening on").value_or(""))) {}
@@ -141,7 +143,8 @@ TEST_CASE("weldr-cli: cannot listen on a port in use, exit code 1", "[cli][e2e]"
   Process origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
   const auto port = port_from_line(origin.wait_for_line("listening on").value_or(""));
   REQUIRE(port != 0);
-  Process p({WELDR_CLI_PATH, "--ip", "127.0.0.1:" + std::to_string(port), "--threads", "1"});
+  Process p(
+      {WELDR_CLI_PATH, "--ip", "127.0.0.1:" + std::to_string(port), "--admin-ip", "127.0.0.1:0", "--threads", "1"});
   CHECK(p.wait() == 1);
   CHECK(p.output().find("cannot listen") != std::string::npos);
 }
@@ -225,4 +228,69 @@ TEST_CASE("weldr-cli: SIGTERM lets the request in flight finish, then exits 0", 
   CHECK(response.body == "delayed 2000");
   CHECK(p.proxy.wait() == 0);
   CHECK_FALSE(weldr::test::Client::can_connect(p.proxy_port));
+}
+
+namespace {
+
+// A temporary directory, removed with its files at the end of the test.
+struct TempDir {
+  TempDir() {
+    char pattern[] = "/tmp/weldr-cli-test-XXXXXX";
+    path = ::mkdtemp(pattern);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  std::string path;
+};
+
+// weldr-cli with a state file and an API on a free port, in front of no server at first.
+struct Node {
+  explicit Node(const std::string& state_file)
+      : process({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--threads", "1", "--state-file",
+                 state_file}),
+        proxy_port(port_from_line(process.wait_for_line(" thread(s)").value_or(""))),
+        api_port(port_from_line(process.wait_for_line("management API listening on").value_or(""))) {}
+  Process process;
+  unsigned short proxy_port;
+  unsigned short api_port;
+};
+
+}  // namespace
+
+TEST_CASE("weldr-cli: servers registered through the API survive a restart (state file)", "[cli][e2e][api]") {
+  TempDir dir;
+  const std::string state = dir.path + "/state.json";
+  Process origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto origin_port = port_from_line(origin.wait_for_line("listening on").value_or(""));
+  REQUIRE(origin_port != 0);
+  const std::string body = R"({"url": "http://127.0.0.1:)" + std::to_string(origin_port) + R"("})";
+  {
+    Node node(state);
+    REQUIRE(node.api_port != 0);
+    weldr::test::Client api(node.api_port);
+    auto created =
+        api.exchange(weldr::test::make_request("POST", "/servers", body, "Content-Type: application/json\r\n"));
+    CHECK(created.status == 201);
+    CHECK(weldr::test::http_get(node.proxy_port, "/").body == "Hello World");
+    node.process.signal(SIGTERM);
+    CHECK(node.process.wait() == 0);
+  }
+  Node restarted(state);
+  REQUIRE(restarted.api_port != 0);
+  auto servers = weldr::test::http_get(restarted.api_port, "/servers");
+  CHECK(servers.status == 200);
+  CHECK(servers.body.find("127.0.0.1:" + std::to_string(origin_port)) != std::string::npos);
+  CHECK(weldr::test::http_get(restarted.proxy_port, "/").body == "Hello World");
+}
+
+TEST_CASE("weldr-cli: a corrupt state file stops the start with one clear line", "[cli][e2e][api]") {
+  TempDir dir;
+  const std::string state = dir.path + "/state.json";
+  {
+    std::ofstream out(state);
+    out << R"({"version": 1, "servers": [{"url": "http://127.0.0.1:1"},)";  // cut short
+  }
+  Process p({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--state-file", state});
+  CHECK(p.wait() == 1);
+  CHECK(p.output().find("state file " + state) != std::string::npos);
+  CHECK(p.output().find("listening") == std::string::npos);
 }

@@ -173,3 +173,25 @@ TEST_CASE("concurrent picks, adds, removes and state changes", "[pool][threads]"
     ids.insert(b->id());
   CHECK(ids == std::set<std::string>{"127.0.0.1:10000", "127.0.0.1:10001", "127.0.0.1:10002", "127.0.0.1:10003"});
 }
+
+TEST_CASE("subscribers see every change in order", "[pool]") {
+  Pool pool;
+  std::vector<std::string> seen;
+  const auto handle = pool.subscribe([&](const weldr::PoolEvent& e) {
+    static constexpr const char* kNames[] = {"added", "removed", "erased", "state_changed"};
+    seen.push_back(std::string(kNames[static_cast<int>(e.kind)]) + " " + e.backend->id());
+    (void)pool.list();  // reading the pool from a listener is allowed
+  });
+  pool.add("127.0.0.1:9001");
+  pool.add("127.0.0.1:9001");  // no change, no event
+  pool.set_state("127.0.0.1:9001", BackendState::down);
+  pool.set_state("127.0.0.1:9001", BackendState::down);  // no change, no event
+  auto b = pool.find("127.0.0.1:9001");
+  pool.begin_request(*b);
+  pool.remove("127.0.0.1:9001");
+  pool.end_request(*b, true);
+  pool.unsubscribe(handle);
+  pool.add("127.0.0.1:9002");
+  CHECK(seen == std::vector<std::string>{"added 127.0.0.1:9001", "state_changed 127.0.0.1:9001",
+                                         "removed 127.0.0.1:9001", "erased 127.0.0.1:9001"});
+}

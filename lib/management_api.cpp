@@ -1,0 +1,381 @@
+#include <weldr/management_api.hpp>
+
+#include <weldr/pool.hpp>
+#include <weldr/state_file.hpp>
+#include <weldr/stats.hpp>
+
+#include "api/json.hpp"
+#include "http/message.hpp"
+#include "http/parser.hpp"
+#include "http/rewrite.hpp"
+#include "log_internal.hpp"
+#include "net/watchdog.hpp"
+
+#include <asio/co_spawn.hpp>
+#include <asio/experimental/as_tuple.hpp>
+#include <asio/use_awaitable.hpp>
+#include <asio/write.hpp>
+
+#include <list>
+
+namespace weldr {
+
+using asio::ip::tcp;
+using net::Watchdog;
+
+namespace {
+
+constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+
+/// What a route answers.
+struct Reply {
+  int status{200};
+  std::string body;
+  std::string headers;  // extra header lines, each ending in CRLF
+  std::string_view content_type{"application/json"};
+};
+
+Reply json_reply(int status, std::string body, std::string headers = {}) {
+  return {status, std::move(body), std::move(headers), "application/json"};
+}
+
+Reply json_error(int status, std::string_view message, std::string headers = {}) {
+  return json_reply(status, api::error_json(message), std::move(headers));
+}
+
+// Compares without an early exit, so the time taken does not tell how much of a guess matched.
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  const std::size_t n = std::max(a.size(), b.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto x = static_cast<unsigned char>(i < a.size() ? a[i] : 0);
+    const auto y = static_cast<unsigned char>(i < b.size() ? b[i] : 0);
+    diff = static_cast<unsigned char>(diff | (x ^ y));
+  }
+  return diff == 0;
+}
+
+void log_exception(std::exception_ptr e) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    detail::log(LogLevel::error, "management API: unexpected exception: {}", ex.what());
+  } catch (...) {
+    detail::log(LogLevel::error, "management API: unexpected exception");
+  }
+}
+
+}  // namespace
+
+class ApiSession;
+
+struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::ManagementApiImpl> {
+  ManagementApiImpl(asio::io_context& io_context, Pool& p, Stats& s, ApiOptions o)
+      : io(io_context), pool(p), stats(s), options(std::move(o)), acceptor(io_context) {}
+
+  asio::awaitable<void> accept_loop();
+  Reply route(std::string_view method, std::string_view target, std::string_view authorization,
+              std::string_view content_type, bool has_content_type, const std::string& body);
+  Reply register_server(std::string_view content_type, bool has_content_type, const std::string& body);
+  Reply after_change(Reply reply) const;
+
+  asio::io_context& io;
+  Pool& pool;
+  Stats& stats;
+  ApiOptions options;
+  tcp::acceptor acceptor;
+  std::list<ApiSession*> sessions;
+  bool stopped{false};
+};
+
+// One client connection of the API: requests are read, routed and answered in order.
+class ApiSession : public std::enable_shared_from_this<ApiSession> {
+ public:
+  ApiSession(std::shared_ptr<detail::ManagementApiImpl> api, tcp::socket socket)
+      : api_(std::move(api)),
+        socket_(std::move(socket)),
+        watchdog_(socket_.get_executor()),
+        parser_(http::Parser::Kind::request, api_->options.max_head, 100) {
+    watchdog_.watch(&socket_);
+    self_in_list_ = api_->sessions.insert(api_->sessions.end(), this);
+  }
+
+  asio::awaitable<void> run() {
+    auto self = shared_from_this();
+    asio::co_spawn(
+        socket_.get_executor(), [self]() { return self->watchdog_.run(); },
+        [](std::exception_ptr e) { log_exception(e); });
+    try {
+      while (co_await serve_one()) {
+      }
+    } catch (...) {
+      log_exception(std::current_exception());
+    }
+    std::error_code ignored;
+    socket_.shutdown(tcp::socket::shutdown_send, ignored);
+    socket_.close(ignored);
+    watchdog_.stop();
+    api_->sessions.erase(self_in_list_);
+  }
+
+  void close() {
+    std::error_code ignored;
+    socket_.close(ignored);
+  }
+
+ private:
+  asio::awaitable<bool> serve_one() {
+    parser_.reset();
+    body_.clear();
+    std::size_t parsed = 0;
+    bool too_large = false;
+    watchdog_.arm(Watchdog::read, in_.empty() ? api_->options.idle_timeout : api_->options.timeout);
+    for (;;) {
+      // After the head, feed even zero bytes: that is how a body-less message completes.
+      if (parsed < in_.size() || parser_.head_complete()) {
+        std::size_t used = 0;
+        const auto event = parser_.feed(in_.data(), parsed, in_.size() - parsed, used);
+        for (const http::Span& s : parser_.body_spans()) {
+          if (body_.size() + s.length > api_->options.max_body) {
+            too_large = true;
+          } else {
+            body_.append(in_.data() + s.offset, s.length);
+          }
+        }
+        parsed += used;
+        if (event == http::Parser::Event::message) break;
+        if (event == http::Parser::Event::error) {
+          const bool head_limit = parser_.error() == errc::head_too_large || parser_.error() == errc::too_many_headers;
+          const int status = head_limit ? 431 : 400;
+          co_await write(json_error(status, parser_.error_reason()), true);
+          co_return false;
+        }
+        if (event == http::Parser::Event::head) {
+          watchdog_.arm(Watchdog::read, api_->options.timeout);
+          if (parser_.head().content_length > api_->options.max_body) too_large = true;
+          if (too_large) break;
+          continue;
+        }
+        if (too_large) break;
+        // Everything was fed: body bytes are copied out, so drop them and keep the head alone.
+        const std::size_t head = parser_.head().size;
+        if (parser_.head_complete() && in_.size() > head) {
+          in_.erase(head);
+          parsed = head;
+        }
+      }
+      char chunk[4096];
+      auto [ec, n] = co_await socket_.async_read_some(asio::buffer(chunk), use_nothrow);
+      if (ec) co_return false;
+      in_.append(chunk, n);
+    }
+    watchdog_.disarm(Watchdog::read);
+
+    if (too_large) {
+      const std::string message = fmt::format("request body larger than {} bytes", api_->options.max_body);
+      co_await write(json_error(413, message), true);
+      co_return false;
+    }
+
+    const http::Head& head = parser_.head();
+    const char* base = in_.data();
+    std::string_view authorization;
+    std::string_view content_type;
+    bool has_content_type = false;
+    for (const http::Field& f : head.fields) {
+      const auto name = f.name.view(base);
+      if (http::iequals(name, "authorization")) authorization = f.value.view(base);
+      if (http::iequals(name, "content-type")) {
+        content_type = f.value.view(base);
+        has_content_type = true;
+      }
+    }
+    Reply reply = api_->route(head.method_name.view(base), head.target.view(base), authorization, content_type,
+                              has_content_type, body_);
+    const bool keep_alive = head.keep_alive && !api_->stopped;
+    const bool head_request = head.method == HTTP_HEAD;
+    in_.erase(0, std::min(parsed, in_.size()));
+    if (head_request) reply.body.clear();
+    const bool close = !keep_alive;
+    const bool written = co_await write(reply, close);
+    const bool next = written && keep_alive;
+    co_return next;
+  }
+
+  asio::awaitable<bool> write(const Reply& reply, bool close) {
+    out_.clear();
+    fmt::format_to(std::back_inserter(out_), "HTTP/1.1 {} {}\r\n", reply.status, http::reason_phrase(reply.status));
+    if (reply.status != 204) {  // a 204 has neither content nor Content-Length (RFC 9110 §8.6)
+      fmt::format_to(std::back_inserter(out_), "Content-Type: {}\r\nContent-Length: {}\r\n", reply.content_type,
+                     reply.body.size());
+    }
+    fmt::format_to(std::back_inserter(out_), "{}{}\r\n", reply.headers, close ? "Connection: close\r\n" : "");
+    out_ += reply.body;
+    watchdog_.arm(Watchdog::write, api_->options.timeout);
+    auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out_), use_nothrow);
+    watchdog_.disarm(Watchdog::write);
+    const bool ok = !ec;
+    co_return ok;
+  }
+
+  std::shared_ptr<detail::ManagementApiImpl> api_;
+  tcp::socket socket_;
+  Watchdog watchdog_;
+  http::Parser parser_;
+  std::string in_;
+  std::string body_;
+  std::string out_;
+  std::list<ApiSession*>::iterator self_in_list_;
+};
+
+asio::awaitable<void> detail::ManagementApiImpl::accept_loop() {
+  auto self = shared_from_this();
+  while (!stopped) {
+    auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
+    if (stopped || ec == asio::error::operation_aborted) break;
+    if (ec) {
+      detail::log(LogLevel::error, "management API: accept failed: {}", ec.message());
+      asio::steady_timer backoff(io, std::chrono::milliseconds(100));
+      co_await backoff.async_wait(use_nothrow);
+      continue;
+    }
+    auto session = std::make_shared<ApiSession>(self, std::move(socket));
+    asio::co_spawn(
+        io, [session]() { return session->run(); }, [](std::exception_ptr e) { log_exception(e); });
+  }
+}
+
+Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view target, std::string_view authorization,
+                                       std::string_view content_type, bool has_content_type, const std::string& body) {
+  if (!options.token.empty()) {
+    constexpr std::string_view kBearer = "Bearer ";
+    const bool bearer = authorization.size() > kBearer.size() && http::iequals(authorization.substr(0, 7), kBearer);
+    const std::string_view given = bearer ? authorization.substr(kBearer.size()) : std::string_view{};
+    if (!constant_time_equal(given, options.token)) {
+      return json_error(401, "missing or wrong bearer token", "WWW-Authenticate: Bearer realm=\"weldr\"\r\n");
+    }
+  }
+  std::string_view path = target.substr(0, target.find('?'));
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  const bool get = method == "GET" || method == "HEAD";
+  auto not_allowed = [](std::string_view allow) {
+    return json_error(405, "method not allowed", fmt::format("Allow: {}\r\n", allow));
+  };
+
+  if (path == "/") return get ? json_reply(200, api::index_json()) : not_allowed("GET, HEAD");
+  if (path == "/servers") {
+    if (get) return json_reply(200, api::servers_json(pool.list()));
+    if (method == "POST") return register_server(content_type, has_content_type, body);
+    return not_allowed("GET, HEAD, POST");
+  }
+  if (path == "/stats") return get ? json_reply(200, api::stats_json(stats)) : not_allowed("GET, HEAD");
+  if (path == "/stats/detail")
+    return get ? json_reply(200, api::stats_detail_json(pool.list())) : not_allowed("GET, HEAD");
+  if (path == "/metrics") {
+    if (!get) return not_allowed("GET, HEAD");
+    return {200, api::metrics_text(stats, pool.list()), {}, "text/plain; version=0.0.4; charset=utf-8"};
+  }
+  constexpr std::string_view kServers = "/servers/";
+  if (path.substr(0, kServers.size()) == kServers) {
+    const std::string_view rest = path.substr(kServers.size());
+    const auto slash = rest.rfind('/');
+    if (slash == std::string_view::npos) return json_error(404, "use /servers/{ip}/{port}");
+    std::string error;
+    const auto id = api::id_from_path(rest.substr(0, slash), rest.substr(slash + 1), error);
+    if (!id) return json_error(400, error);
+    if (get) {
+      const auto backend = pool.find(*id);
+      if (!backend) return json_error(404, fmt::format("no server {}", *id));
+      return json_reply(200, api::server_json(*backend));
+    }
+    if (method == "DELETE") {
+      if (!pool.remove(*id)) return json_error(404, fmt::format("no server {}", *id));
+      detail::log(LogLevel::info, "server {} removed through the management API", *id);
+      return after_change(json_reply(204, {}));
+    }
+    return not_allowed("GET, HEAD, DELETE");
+  }
+  return json_error(404, fmt::format("no such resource: {}", path));
+}
+
+Reply detail::ManagementApiImpl::register_server(std::string_view content_type, bool has_content_type,
+                                                 const std::string& body) {
+  // A missing Content-Type is taken as JSON; another media type is refused.
+  const std::string_view media = content_type.substr(0, content_type.find(';'));
+  std::string_view trimmed = media;
+  while (!trimmed.empty() && trimmed.back() == ' ')
+    trimmed.remove_suffix(1);
+  if (has_content_type && !http::iequals(trimmed, "application/json")) {
+    return json_error(415, "the body must be application/json");
+  }
+  std::string error;
+  const auto registration = api::parse_registration(body, error);
+  if (!registration) return json_error(400, error);
+  const std::string id = registration->address.id();
+  if (pool.add(registration->address, registration->check)) {
+    detail::log(LogLevel::info, "server {} registered through the management API", id);
+    const auto backend = pool.find(id);
+    return after_change(
+        json_reply(201, api::server_json(*backend), fmt::format("Location: {}\r\n", api::server_path(*backend))));
+  }
+  const auto existing = pool.find(id);
+  if (existing && existing->state() == BackendState::draining) {
+    return json_error(409, fmt::format("server {} is being removed; register it again once it is gone", id));
+  }
+  if (!existing) return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
+  return json_reply(200, api::server_json(*existing));  // re-registration is harmless: pool unchanged
+}
+
+Reply detail::ManagementApiImpl::after_change(Reply reply) const {
+  if (options.state_file == nullptr) return reply;
+  const std::string error = options.state_file->last_error();
+  if (error.empty()) return reply;
+  return json_error(500, fmt::format("the change was made but could not be saved to the state file: {}", error));
+}
+
+// ---------------------------------------------------------------------------------------------
+
+ManagementApi::ManagementApi(asio::io_context& io, Pool& pool, Stats& stats, ApiOptions options)
+    : impl_(std::make_shared<detail::ManagementApiImpl>(io, pool, stats, std::move(options))) {}
+
+ManagementApi::~ManagementApi() {
+  stop();
+}
+
+void ManagementApi::listen(const tcp::endpoint& endpoint) {
+  std::error_code ec;
+  listen(endpoint, ec);
+  if (ec) throw std::system_error(ec, "management API: listen");
+}
+
+void ManagementApi::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
+  auto& acceptor = impl_->acceptor;
+  acceptor.open(endpoint.protocol(), ec);
+  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+  if (!ec) acceptor.bind(endpoint, ec);
+  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    std::error_code ignored;
+    acceptor.close(ignored);
+    return;
+  }
+  auto impl = impl_;
+  asio::co_spawn(
+      impl->io, [impl]() { return impl->accept_loop(); }, [](std::exception_ptr e) { log_exception(e); });
+}
+
+tcp::endpoint ManagementApi::local_endpoint() const {
+  std::error_code ec;
+  return impl_->acceptor.local_endpoint(ec);
+}
+
+void ManagementApi::stop() {
+  impl_->stopped = true;
+  std::error_code ignored;
+  impl_->acceptor.close(ignored);
+  for (ApiSession* s : impl_->sessions)
+    s->close();
+}
+
+}  // namespace weldr
