@@ -833,7 +833,9 @@ asio::awaitable<void> detail::ProxyImpl::sweep_loop() {
     const auto cutoff = clock_type::now() - options.upstream_idle_timeout;
     for (auto it = idle.begin(); it != idle.end();) {
       auto& list = it->second;
-      std::erase_if(list, [&](const auto& c) { return c->idle_since < cutoff || !c->still_open(); });
+      // Also drops connections to backends that are down or draining (removed).
+      std::erase_if(list,
+                    [&](const auto& c) { return c->idle_since < cutoff || !c->backend->usable() || !c->still_open(); });
       it = list.empty() ? idle.erase(it) : std::next(it);
     }
   }

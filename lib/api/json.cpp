@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <charconv>
+#include <cmath>
 
 namespace weldr::api {
 
@@ -301,7 +302,7 @@ std::string stats_detail_json(const std::vector<std::shared_ptr<Backend>>& backe
     w.Uint64(latency.count);
     for (auto [name, q] : {std::pair{"p50", 0.5}, std::pair{"p90", 0.9}, std::pair{"p99", 0.99}}) {
       key(w, name);
-      w.Double(latency.quantile(q) * 1000.0);
+      w.Double(std::round(latency.quantile(q) * 1e6) / 1e3);  // milliseconds, to the microsecond
     }
     w.EndObject();
     w.EndObject();
