@@ -49,7 +49,7 @@ struct Setup {
   std::string state_path{};
 };
 
-/// A host as the README describes it: one Pool, one Stats, one io_context run by one thread,
+/// A host that embeds weldr: one Pool, one Stats, one io_context run by one thread,
 /// hosting a ManagementApi and a Proxy, both on 127.0.0.1 at free ports.
 class Harness {
  public:
