@@ -19,6 +19,10 @@ Try, from another terminal:
   curl -s http://127.0.0.1:8080/large | wc -c
   curl -s -X POST --data-binary 'hello weldr' http://127.0.0.1:8080/echo
   curl -s http://127.0.0.1:8080/headers
+The management API listens on http://127.0.0.1:8687:
+  curl -s http://127.0.0.1:8687/servers
+  curl -s http://127.0.0.1:8687/stats
+  curl -s -X POST http://127.0.0.1:8687/servers -H 'Content-Type: application/json' -d '{"url": "http://127.0.0.1:12346"}'
 Ctrl-C stops it.
 
 TXT
