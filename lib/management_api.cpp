@@ -9,6 +9,7 @@
 #include "http/parser.hpp"
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
+#include "net/listen.hpp"
 #include "net/watchdog.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -350,16 +351,8 @@ void ManagementApi::listen(const tcp::endpoint& endpoint) {
 }
 
 void ManagementApi::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
-  auto& acceptor = impl_->acceptor;
-  acceptor.open(endpoint.protocol(), ec);
-  if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec) acceptor.bind(endpoint, ec);
-  if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
-  if (ec) {
-    std::error_code ignored;
-    acceptor.close(ignored);
-    return;
-  }
+  net::open_listener(impl_->acceptor, endpoint, asio::socket_base::max_listen_connections, false, ec);
+  if (ec) return;
   auto impl = impl_;
   asio::co_spawn(
       impl->io, [impl]() { return impl->accept_loop(); }, [](std::exception_ptr e) { log_exception(e); });

@@ -8,6 +8,7 @@
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
 #include "net/buffer.hpp"
+#include "net/listen.hpp"
 #include "net/watchdog.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -929,23 +930,8 @@ void Proxy::listen(const tcp::endpoint& endpoint) {
 }
 
 void Proxy::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
-  auto& acceptor = impl_->acceptor;
-  acceptor.open(endpoint.protocol(), ec);
+  net::open_listener(impl_->acceptor, endpoint, impl_->options.backlog, impl_->options.reuse_port, ec);
   if (ec) return;
-  acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-  if (!ec && impl_->options.reuse_port) {
-    const int on = 1;
-    if (::setsockopt(acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) {
-      ec = std::error_code(errno, std::system_category());
-    }
-  }
-  if (!ec) acceptor.bind(endpoint, ec);
-  if (!ec) acceptor.listen(impl_->options.backlog, ec);
-  if (ec) {
-    std::error_code ignored;
-    acceptor.close(ignored);
-    return;
-  }
   auto impl = impl_;
   asio::co_spawn(
       impl->io, [impl]() { return impl->accept_loop(); },
