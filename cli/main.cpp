@@ -4,6 +4,7 @@
 
 #include "options.hpp"
 
+#include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/management_api.hpp>
 #include <weldr/pool.hpp>
@@ -88,7 +89,10 @@ int main(int argc, char** argv) {
 
   asio::io_context control;
   const auto admin_endpoint = *weldr::cli::parse_endpoint(options.admin_listen);
+  weldr::HealthChecker checker(control, pool, options.health);
+  checker.start();
   weldr::ApiOptions api_options;
+  api_options.health_checker = &checker;
   api_options.token = options.admin_token;
   api_options.state_file = state.get();
   weldr::ManagementApi api(control, pool, stats, api_options);
@@ -123,6 +127,7 @@ int main(int argc, char** argv) {
       }
       stopping = true;
       api.stop();
+      checker.stop();
       log_line(weldr::LogLevel::info, fmt::format("signal {}: finishing in-flight requests (up to {} ms)", signal,
                                                   options.shutdown_timeout.count()));
       for (auto& w : workers) {

@@ -9,30 +9,6 @@
 
 namespace weldr::cli {
 
-std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
-  std::uint64_t value = 0;
-  const char* first = text.data();
-  const char* last = text.data() + text.size();
-  auto [end, ec] = std::from_chars(first, last, value);
-  if (ec != std::errc{} || end == first) return std::nullopt;
-  const std::string_view unit(end, static_cast<std::size_t>(last - end));
-  std::uint64_t scale = 0;
-  if (unit == "ms") {
-    scale = 1;
-  } else if (unit == "s" || unit.empty()) {
-    scale = 1000;
-  } else if (unit == "m") {
-    scale = 60 * 1000;
-  } else if (unit == "h") {
-    scale = 3600 * 1000;
-  } else {
-    return std::nullopt;
-  }
-  constexpr std::uint64_t kMaxMs = 365ULL * 24 * 3600 * 1000;
-  if (value > kMaxMs / scale) return std::nullopt;
-  return std::chrono::milliseconds(value * scale);
-}
-
 std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text) {
   std::string_view host;
   std::string_view port_text;
@@ -126,6 +102,27 @@ ParseResult parse_options(int argc, const char* const* argv) {
   app.add_option("--shutdown-timeout", shutdown_timeout, "Time in-flight requests get to finish on SIGTERM")
       ->check(DurationValidator{})
       ->capture_default_str();
+  std::string health_interval = "10s";
+  std::string health_timeout = "2s";
+  std::string health_type = "http";
+  app.add_option("--health-interval", health_interval, "Time between two health checks of a server")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--health-timeout", health_timeout, "Time allowed for one health check")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--health-path", o.health.path, "Request path of http health checks")->capture_default_str();
+  app.add_option("--health-failures", o.health.failures, "Consecutive failed checks that take a server out")
+      ->check(CLI::Range(1u, 1000u))
+      ->capture_default_str();
+  app.add_option("--health-passes", o.health.passes, "Consecutive passed checks that put it back")
+      ->check(CLI::Range(1u, 1000u))
+      ->capture_default_str();
+  app.add_option("--health-type", health_type, "http (GET, expect 2xx) or tcp (connect only)")
+      ->check(CLI::IsMember({"http", "tcp"}))
+      ->capture_default_str();
+  app.add_flag("--fail-open", o.proxy.fail_open,
+               "When every server is down, keep sending to all of them instead of answering 503");
   app.add_option("--log-level", log_level, "error, warn, info or debug")
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
       ->capture_default_str();
@@ -149,6 +146,14 @@ ParseResult parse_options(int argc, const char* const* argv) {
   o.proxy.read_timeout = *parse_duration(read_timeout);
   o.proxy.client_header_timeout = *parse_duration(client_timeout);
   o.shutdown_timeout = *parse_duration(shutdown_timeout);
+  o.health.interval = *parse_duration(health_interval);
+  o.health.timeout = *parse_duration(health_timeout);
+  o.health.type = health_type == "tcp" ? HealthCheckOptions::Type::tcp : HealthCheckOptions::Type::http;
+  if (const auto why = o.health.validate(); !why.empty()) {
+    result.exit_code = 2;
+    result.message = "weldr-cli: invalid health-check settings: " + why + " (see --help)";
+    return result;
+  }
   o.log_level = *parse_log_level(log_level);
   if (o.threads == 0) o.threads = std::max(1u, std::thread::hardware_concurrency());
   o.proxy.reuse_port = o.threads > 1;

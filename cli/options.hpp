@@ -1,6 +1,7 @@
 #pragma once
 // weldr-cli's command line: parsing and validation, kept apart from main() so it can be tested.
 
+#include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/proxy.hpp>
 
@@ -23,6 +24,7 @@ struct Options {
   LogLevel log_level{LogLevel::info};                 ///< --log-level
   std::chrono::milliseconds shutdown_timeout{30000};  ///< --shutdown-timeout
   ProxyOptions proxy;                                 ///< timeouts and limits
+  HealthCheckOptions health;                          ///< --health-* (global health-check settings)
 };
 
 /// Outcome of parsing: either options, or an exit code and what to print.
@@ -35,8 +37,8 @@ struct ParseResult {
 /// Parses argv. Never throws and never prints.
 ParseResult parse_options(int argc, const char* const* argv);
 
-/// Parses "250ms", "2s", "1m", "1h" (a bare number means seconds). Nothing when invalid.
-std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+/// Parses "250ms", "2s", "1m", "1h" (a bare number means seconds); shared with the library.
+using weldr::parse_duration;
 
 /// Parses "HOST:PORT" or "[V6]:PORT" with an IP literal host; nothing when invalid.
 std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text);

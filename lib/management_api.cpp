@@ -1,5 +1,6 @@
 #include <weldr/management_api.hpp>
 
+#include <weldr/health_checker.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/state_file.hpp>
 #include <weldr/stats.hpp>
@@ -80,6 +81,7 @@ struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::Manageme
               std::string_view content_type, bool has_content_type, const std::string& body);
   Reply register_server(std::string_view content_type, bool has_content_type, const std::string& body);
   Reply after_change(Reply reply) const;
+  Reply health_config(std::string_view method, const std::string& body);
 
   asio::io_context& io;
   Pool& pool;
@@ -266,11 +268,12 @@ Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view
 
   if (path == "/") return get ? json_reply(200, api::index_json()) : not_allowed("GET, HEAD");
   if (path == "/servers") {
-    if (get) return json_reply(200, api::servers_json(pool.list()));
+    if (get) return json_reply(200, api::servers_json(pool.list(), options.health_checker));
     if (method == "POST") return register_server(content_type, has_content_type, body);
     return not_allowed("GET, HEAD, POST");
   }
   if (path == "/stats") return get ? json_reply(200, api::stats_json(stats)) : not_allowed("GET, HEAD");
+  if (path == "/config/health-check") return health_config(method, body);
   if (path == "/stats/detail")
     return get ? json_reply(200, api::stats_detail_json(pool.list())) : not_allowed("GET, HEAD");
   if (path == "/metrics") {
@@ -288,7 +291,7 @@ Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view
     if (get) {
       const auto backend = pool.find(*id);
       if (!backend) return json_error(404, fmt::format("no server {}", *id));
-      return json_reply(200, api::server_json(*backend));
+      return json_reply(200, api::server_json(*backend, options.health_checker));
     }
     if (method == "DELETE") {
       if (!pool.remove(*id)) return json_error(404, fmt::format("no server {}", *id));
@@ -317,15 +320,30 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
   if (pool.add(registration->address, registration->check)) {
     detail::log(LogLevel::info, "server {} registered through the management API", id);
     const auto backend = pool.find(id);
-    return after_change(
-        json_reply(201, api::server_json(*backend), fmt::format("Location: {}\r\n", api::server_path(*backend))));
+    return after_change(json_reply(201, api::server_json(*backend, options.health_checker),
+                                   fmt::format("Location: {}\r\n", api::server_path(*backend))));
   }
   const auto existing = pool.find(id);
   if (existing && existing->state() == BackendState::draining) {
     return json_error(409, fmt::format("server {} is being removed; register it again once it is gone", id));
   }
   if (!existing) return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
-  return json_reply(200, api::server_json(*existing));  // re-registration is harmless: pool unchanged
+  return json_reply(
+      200, api::server_json(*existing, options.health_checker));  // re-registration is harmless: pool unchanged
+}
+
+Reply detail::ManagementApiImpl::health_config(std::string_view method, const std::string& body) {
+  if (options.health_checker == nullptr) return json_error(404, "health checks are not enabled");
+  HealthChecker& checker = *options.health_checker;
+  if (method == "GET" || method == "HEAD") return json_reply(200, to_json(checker.defaults()) + "\n");
+  if (method != "PUT") return json_error(405, "method not allowed", "Allow: GET, HEAD, PUT\r\n");
+  // A partial object changes only the settings it names.
+  std::string error;
+  const auto updated = apply_check_json(checker.defaults(), body, error);
+  if (!updated) return json_error(400, error);
+  checker.set_defaults(*updated);
+  detail::log(LogLevel::info, "health-check settings changed through the management API: {}", to_json(*updated));
+  return json_reply(200, to_json(*updated) + "\n");
 }
 
 Reply detail::ManagementApiImpl::after_change(Reply reply) const {

@@ -268,7 +268,7 @@ std::size_t Pool::size() const {
   return snapshot()->backends.size();
 }
 
-std::shared_ptr<Backend> Pool::pick() {
+std::shared_ptr<Backend> Pool::pick(bool include_down) {
   auto snap = snapshot();
   const auto& list = snap->backends;
   const std::size_t n = list.size();
@@ -276,7 +276,7 @@ std::shared_ptr<Backend> Pool::pick() {
   const std::uint64_t start = next_.fetch_add(1, std::memory_order_relaxed);
   for (std::size_t i = 0; i < n; ++i) {
     const auto& b = list[(start + i) % n];
-    if (b->usable()) return b;
+    if (b->usable() || (include_down && b->state() == BackendState::down)) return b;
   }
   return nullptr;
 }

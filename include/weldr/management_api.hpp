@@ -13,6 +13,7 @@
 
 namespace weldr {
 
+class HealthChecker;
 class Pool;
 class Stats;
 class StateFile;
@@ -34,6 +35,8 @@ struct ApiOptions {
   std::chrono::milliseconds idle_timeout{60000};
   /// When set, failures to write it after a change are reported to the API client (500).
   StateFile* state_file{nullptr};
+  /// When set, servers show their health and /config/health-check reads and changes its settings.
+  HealthChecker* health_checker{nullptr};
 };
 
 /// The management API on a host-owned io_context (run by one thread). Changes go straight to

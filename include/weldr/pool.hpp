@@ -141,8 +141,9 @@ class Pool {
   /// Number of backends (draining ones included).
   [[nodiscard]] std::size_t size() const;
 
-  /// Picks the next usable backend round-robin; null when none is usable. Lock-free.
-  [[nodiscard]] std::shared_ptr<Backend> pick();
+  /// Picks the next usable backend round-robin; null when none is usable. Lock-free. With
+  /// `include_down`, backends that are down count as usable too (fail-open); draining never.
+  [[nodiscard]] std::shared_ptr<Backend> pick(bool include_down = false);
 
   /// Marks the start of a request on `backend` (counts it as in flight).
   void begin_request(Backend& backend) noexcept;

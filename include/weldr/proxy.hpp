@@ -45,6 +45,10 @@ struct ProxyOptions {
   std::size_t max_idle_per_backend{64};
   /// Attempts on another backend after a connect failure or reset (idempotent requests only).
   unsigned retries{1};
+  /// When every backend is down, keep sending to them anyway instead of answering 503.
+  bool fail_open{false};
+  /// Retry-After (seconds) of the 503 answered when no backend is usable.
+  unsigned retry_after{1};
   /// Set SO_REUSEPORT on the listening socket so that one Proxy per thread can share a port.
   bool reuse_port{false};
   /// Listen backlog.

@@ -5,6 +5,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 
 #include <charconv>
@@ -38,7 +39,33 @@ void link(Writer& w, std::string_view rel, std::string_view href, std::string_vi
   w.EndObject();
 }
 
-void write_server(Writer& w, const Backend& b) {
+void write_health(Writer& w, const HealthStatus& h) {
+  key(w, "health");
+  w.StartObject();
+  key(w, "status");
+  string(w, h.up ? "up" : "down");
+  key(w, "consecutive_failures");
+  w.Uint(h.consecutive_failures);
+  key(w, "consecutive_passes");
+  w.Uint(h.consecutive_passes);
+  key(w, "checks");
+  w.Uint64(h.checks);
+  key(w, "last_result");
+  string(w, h.last_result);
+  key(w, "reason");
+  string(w, h.last_change_reason);
+  key(w, "last_change");
+  if (h.last_change.time_since_epoch().count() == 0) {
+    w.Null();
+  } else {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(h.last_change.time_since_epoch()) % 1000;
+    string(w, fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z",
+                          fmt::gmtime(std::chrono::system_clock::to_time_t(h.last_change)), ms.count()));
+  }
+  w.EndObject();
+}
+
+void write_server(Writer& w, const Backend& b, const HealthChecker* health) {
   const std::string path = server_path(b);
   w.StartObject();
   key(w, "id");
@@ -64,6 +91,9 @@ void write_server(Writer& w, const Backend& b) {
   key(w, "active_connections");
   w.Int64(b.active_connections());
   w.EndObject();
+  if (health != nullptr) {
+    if (const auto status = health->status(b.id())) write_health(w, *status);
+  }
   if (!b.check().empty()) {
     key(w, "check");
     w.RawValue(b.check().data(), b.check().size(), rapidjson::kObjectType);
@@ -166,15 +196,12 @@ std::optional<Registration> parse_registration(std::string_view body, std::strin
       error = "\"check\" must be an object";
       return std::nullopt;
     }
-    if (const auto type = check->value.FindMember("type"); type != check->value.MemberEnd()) {
-      const bool known = type->value.IsString() && (std::string_view(type->value.GetString()) == "http" ||
-                                                    std::string_view(type->value.GetString()) == "tcp");
-      if (!known) {
-        error = "\"check\".\"type\" must be \"http\" or \"tcp\"";
-        return std::nullopt;
-      }
-    }
     out.check = compact(check->value);
+    std::string check_error;
+    if (!apply_check_json(HealthCheckOptions{}, out.check, check_error)) {
+      error = "\"check\": " + check_error;
+      return std::nullopt;
+    }
   }
   return out;
 }
@@ -227,24 +254,26 @@ std::string index_json() {
   link(w, "stats", "/stats", "GET");
   link(w, "stats-detail", "/stats/detail", "GET");
   link(w, "metrics", "/metrics", "GET");
+  link(w, "health-check-config", "/config/health-check", "GET");
+  link(w, "health-check-config-update", "/config/health-check", "PUT");
   w.EndArray();
   w.EndObject();
   return done(buffer);
 }
 
-std::string server_json(const Backend& backend) {
+std::string server_json(const Backend& backend, const HealthChecker* health) {
   rapidjson::StringBuffer buffer;
   Writer w(buffer);
-  write_server(w, backend);
+  write_server(w, backend, health);
   return done(buffer);
 }
 
-std::string servers_json(const std::vector<std::shared_ptr<Backend>>& backends) {
+std::string servers_json(const std::vector<std::shared_ptr<Backend>>& backends, const HealthChecker* health) {
   rapidjson::StringBuffer buffer;
   Writer w(buffer);
   w.StartArray();
   for (const auto& b : backends)
-    write_server(w, *b);
+    write_server(w, *b, health);
   w.EndArray();
   return done(buffer);
 }

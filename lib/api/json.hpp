@@ -1,6 +1,7 @@
 #pragma once
 // JSON in and out of the management API: pure functions, no sockets, unit-tested on their own.
 
+#include <weldr/health_checker.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/stats.hpp>
 
@@ -30,10 +31,10 @@ std::optional<std::string> id_from_path(std::string_view ip, std::string_view po
 std::string error_json(std::string_view message);
 /// The API index: {"about", "links": [...]}.
 std::string index_json();
-/// One server.
-std::string server_json(const Backend& backend);
+/// One server, with what the health checker knows of it when `health` is given.
+std::string server_json(const Backend& backend, const HealthChecker* health = nullptr);
 /// Every server: [ {...}, ... ].
-std::string servers_json(const std::vector<std::shared_ptr<Backend>>& backends);
+std::string servers_json(const std::vector<std::shared_ptr<Backend>>& backends, const HealthChecker* health = nullptr);
 /// {"client": {"success", "failed"}, "server": {"success", "failed"}}
 std::string stats_json(const Stats& stats);
 /// One object per backend with counters, state and latency percentiles.
