@@ -208,12 +208,25 @@ namespace {
 
 /// One checked backend; its loop runs on the checker's io_context.
 struct Target {
+  // A backend that is down already (a checker started again) must pass to come back.
   Target(asio::io_context& io, std::shared_ptr<Backend> b, const HealthCheckOptions& o)
-      : backend(std::move(b)), rise_fall(o.failures, o.passes), timer(io) {}
+      : backend(std::move(b)),
+        rise_fall(o.failures, o.passes, backend->state() != BackendState::down),
+        timer(io),
+        deadline(io) {
+    status.up = rise_fall.up();
+  }
+  /// Ends its loop at once: the wait between checks and a check in flight are both cut short.
+  void cancel() {
+    removed = true;
+    timer.cancel();
+    deadline.cancel();
+  }
   std::shared_ptr<Backend> backend;
-  RiseFall rise_fall;        // io thread only
-  HealthStatus status;       // guarded by HealthCheckerImpl::mutex
-  asio::steady_timer timer;  // between two checks
+  RiseFall rise_fall;           // io thread only
+  HealthStatus status;          // guarded by HealthCheckerImpl::mutex
+  asio::steady_timer timer;     // between two checks
+  asio::steady_timer deadline;  // of the check in flight
   bool removed{false};
 };
 
@@ -228,7 +241,7 @@ struct detail::HealthCheckerImpl : std::enable_shared_from_this<detail::HealthCh
   HealthCheckOptions effective(const Backend& backend) const;
   milliseconds jitter(milliseconds interval, double share);
   asio::awaitable<void> loop(std::shared_ptr<Target> target);
-  asio::awaitable<std::string> check_once(const Backend& backend, const HealthCheckOptions& options);
+  asio::awaitable<std::string> check_once(Target& target, const HealthCheckOptions& options);
 
   asio::io_context& io;
   Pool& pool;
@@ -269,10 +282,7 @@ void detail::HealthCheckerImpl::add(const std::shared_ptr<Backend>& backend) {
     std::lock_guard lock(mutex);
     auto& slot = targets[backend->id()];
     if (slot && slot->backend == backend) return;  // already checked
-    if (slot) {                                    // an older backend with the same id
-      slot->removed = true;
-      slot->timer.cancel();
-    }
+    if (slot) slot->cancel();                      // an older backend with the same id
     slot = target;
   }
   asio::co_spawn(
@@ -285,8 +295,7 @@ void detail::HealthCheckerImpl::remove(const std::shared_ptr<Backend>& backend) 
   auto it = targets.find(backend->id());
   // Only the same backend object: a newer one with this id may already be checked.
   if (it == targets.end() || it->second->backend != backend) return;
-  it->second->removed = true;
-  it->second->timer.cancel();
+  it->second->cancel();
   targets.erase(it);
 }
 
@@ -298,7 +307,7 @@ asio::awaitable<void> detail::HealthCheckerImpl::loop(std::shared_ptr<Target> ta
   co_await target->timer.async_wait(use_nothrow);
   while (running && !target->removed) {
     const HealthCheckOptions options = effective(*target->backend);
-    const std::string failure = co_await check_once(*target->backend, options);
+    const std::string failure = co_await check_once(*target, options);
     if (!running || target->removed) break;
 
     target->rise_fall.set_thresholds(options.failures, options.passes);
@@ -334,15 +343,15 @@ asio::awaitable<void> detail::HealthCheckerImpl::loop(std::shared_ptr<Target> ta
   }
 }
 
-asio::awaitable<std::string> detail::HealthCheckerImpl::check_once(const Backend& backend,
-                                                                   const HealthCheckOptions& options) {
+asio::awaitable<std::string> detail::HealthCheckerImpl::check_once(Target& target, const HealthCheckOptions& options) {
+  const Backend& backend = *target.backend;
   using namespace asio::experimental::awaitable_operators;
   std::error_code ec;
   const auto address = asio::ip::make_address(backend.host(), ec);
   if (ec) co_return "invalid address";
   const tcp::endpoint endpoint(address, backend.port());
   tcp::socket socket(io);
-  asio::steady_timer deadline(io);
+  asio::steady_timer& deadline = target.deadline;
   deadline.expires_after(options.timeout);
   const std::string timed_out = fmt::format("timed out after {} ms", options.timeout.count());
 
@@ -414,10 +423,8 @@ void HealthChecker::stop() {
   impl_->running = false;
   impl_->pool.unsubscribe(impl_->listener);
   std::lock_guard lock(impl_->mutex);
-  for (auto& [id, target] : impl_->targets) {
-    target->removed = true;
-    target->timer.cancel();
-  }
+  for (auto& [id, target] : impl_->targets)
+    target->cancel();
   impl_->targets.clear();
 }
 

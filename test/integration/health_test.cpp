@@ -602,6 +602,37 @@ TEST_CASE("stop() does not wait for a check in flight to time out", "[integratio
   CHECK(hc.shutdown());
 }
 
+TEST_CASE("With every backend down the proxy answers 503 with Retry-After, or fails open", "[integration][health]") {
+  // The check path fails but "/" works: only the health verdict keeps requests away.
+  Origin origin([](const RecordedRequest& request) {
+    if (request.path() == "/health") return Reply{.status = 503};
+    return Origin::default_reply(request);
+  });
+  auto options = proxy_options();
+  options.retry_after = 7;
+  auto checks = fast_options();
+  checks.path = "/health";
+
+  SECTION("by default: 503") {
+    TestProxy proxy({origin.endpoint_url()}, options);
+    CheckerThread hc(proxy.pool(), checks);
+    REQUIRE(eventually([&] { return state_of(proxy.pool(), origin.id()) == BackendState::down; }));
+    const Response r = http_get(proxy.port(), "/");
+    INFO(r.describe());
+    CHECK(r.status == 503);
+    CHECK(r.header("Retry-After") == "7");
+    CHECK(count_path(origin, "/") == 0);
+  }
+  SECTION("fail_open: the down backend gets the request") {
+    options.fail_open = true;
+    TestProxy proxy({origin.endpoint_url()}, options);
+    CheckerThread hc(proxy.pool(), checks);
+    REQUIRE(eventually([&] { return state_of(proxy.pool(), origin.id()) == BackendState::down; }));
+    CHECK_FALSE(failed_get(proxy.port()));
+    CHECK(count_path(origin, "/") == 1);
+  }
+}
+
 // --- Management API --------------------------------------------------------------------------
 
 namespace {

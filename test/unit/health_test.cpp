@@ -217,6 +217,27 @@ TEST_CASE("validate: every unusable value has a reason", "[health]") {
   }
 }
 
+TEST_CASE("validate: the documented bounds are inclusive", "[health]") {
+  const auto with = [](auto change) {
+    HealthCheckOptions o;
+    change(o);
+    return o.validate();
+  };
+  CHECK(with([](auto& o) { o.failures = 1000; }).empty());
+  CHECK_FALSE(with([](auto& o) { o.failures = 1001; }).empty());
+  CHECK(with([](auto& o) { o.passes = 1000; }).empty());
+  CHECK_FALSE(with([](auto& o) { o.passes = 1001; }).empty());
+  CHECK(with([](auto& o) { o.interval = 1ms; }).empty());
+  CHECK(with([](auto& o) { o.interval = 24h; }).empty());
+  CHECK_FALSE(with([](auto& o) { o.interval = 24h + 1ms; }).empty());
+  CHECK(with([](auto& o) { o.timeout = 24h; }).empty());
+  CHECK_FALSE(with([](auto& o) { o.timeout = 24h + 1ms; }).empty());
+  CHECK(with([](auto& o) {
+          o.expect_min = 100;
+          o.expect_max = 599;
+        }).empty());
+}
+
 // --- apply_check_json ----------------------------------------------------------------------
 
 TEST_CASE("apply_check_json: an empty object keeps the base", "[health]") {
@@ -314,6 +335,9 @@ TEST_CASE("apply_check_json: every invalid input gives nothing and a reason", "[
       R"({"failures": "3"})",
       R"({"passes": 0})",
       R"({"passes": 1.5})",
+      R"({"failures": 1001})",
+      R"({"interval": "25h"})",
+      R"({"timeout": 86400001})",
       R"({"bogus": 1})",
       R"({"path": "/ok", "intervall": "1s"})",
   };
