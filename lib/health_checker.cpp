@@ -238,9 +238,11 @@ struct detail::HealthCheckerImpl : std::enable_shared_from_this<detail::HealthCh
 
   void add(const std::shared_ptr<Backend>& backend);
   void remove(const std::shared_ptr<Backend>& backend);
-  HealthCheckOptions effective(const Backend& backend) const;
+  HealthCheckOptions effective(const Backend& backend) const;  // takes mutex
+  HealthCheckOptions effective(const HealthCheckOptions& base, const Backend& backend) const;
   milliseconds jitter(milliseconds interval, double share);
   asio::awaitable<void> loop(std::shared_ptr<Target> target);
+  asio::awaitable<void> sleep(Target& target);
   asio::awaitable<std::string> check_once(Target& target, const HealthCheckOptions& options);
 
   asio::io_context& io;
@@ -259,12 +261,16 @@ HealthCheckOptions detail::HealthCheckerImpl::effective(const Backend& backend) 
     std::lock_guard lock(mutex);
     base = defaults;
   }
+  return effective(base, backend);
+}
+
+HealthCheckOptions detail::HealthCheckerImpl::effective(const HealthCheckOptions& base, const Backend& backend) const {
   if (backend.check().empty()) return base;
   std::string error;
   auto own = apply_check_json(base, backend.check(), error);
   if (own) return *own;
-  // Registration validated the object; if it no longer fits the new defaults (say, a timeout
-  // beyond a shorter interval), the global settings still apply.
+  // Registration validated the object, so this happens only if a host set invalid defaults
+  // through set_defaults() itself; the defaults then apply alone.
   detail::log(LogLevel::warn, "backend {}: health-check settings ignored: {}", backend.id(), error);
   return base;
 }
@@ -299,12 +305,20 @@ void detail::HealthCheckerImpl::remove(const std::shared_ptr<Backend>& backend) 
   targets.erase(it);
 }
 
+// Waits until the target's timer expires. set_defaults() may move the expiry earlier, which
+// interrupts the wait; the wait then goes on until the new expiry.
+asio::awaitable<void> detail::HealthCheckerImpl::sleep(Target& target) {
+  do {
+    co_await target.timer.async_wait(use_nothrow);
+  } while (running && !target.removed && std::chrono::steady_clock::now() < target.timer.expiry());
+}
+
 asio::awaitable<void> detail::HealthCheckerImpl::loop(std::shared_ptr<Target> target) {
   auto self = shared_from_this();
   // The first check comes at a random point of the first interval, so that backends added
   // together (at start, say) are not all checked in the same millisecond.
   target->timer.expires_after(jitter(effective(*target->backend).interval, 1.0));
-  co_await target->timer.async_wait(use_nothrow);
+  co_await sleep(*target);
   while (running && !target->removed) {
     const HealthCheckOptions options = effective(*target->backend);
     const std::string failure = co_await check_once(*target, options);
@@ -339,7 +353,7 @@ asio::awaitable<void> detail::HealthCheckerImpl::loop(std::shared_ptr<Target> ta
     // ±10 % around the interval keeps backends from falling into step over time.
     const milliseconds wait = options.interval - options.interval / 10 + jitter(options.interval, 0.2);
     target->timer.expires_after(wait);
-    co_await target->timer.async_wait(use_nothrow);
+    co_await sleep(*target);
   }
 }
 
@@ -440,9 +454,14 @@ void HealthChecker::set_defaults(const HealthCheckOptions& options) {
   }
   // Wake every backend that is waiting out the old interval.
   asio::post(impl_->io, [impl = impl_] {
+    // Backends waiting out a longer interval are checked within the new one, each at a random
+    // point of it, so that a change does not check every backend at the same instant.
     std::lock_guard lock(impl->mutex);
-    for (auto& [id, target] : impl->targets)
-      target->timer.cancel();
+    for (auto& [id, target] : impl->targets) {
+      const auto interval = impl->effective(impl->defaults, *target->backend).interval;
+      const auto next = std::chrono::steady_clock::now() + impl->jitter(interval, 1.0);
+      if (next < target->timer.expiry()) target->timer.expires_at(next);
+    }
   });
 }
 

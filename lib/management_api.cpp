@@ -46,6 +46,14 @@ Reply json_error(int status, std::string_view message, std::string headers = {})
 }
 
 // Compares without an early exit, so the time taken does not tell how much of a guess matched.
+// A missing Content-Type is taken as JSON; another media type is refused (415).
+bool json_content_type(std::string_view content_type, bool has_content_type) {
+  std::string_view media = content_type.substr(0, content_type.find(';'));
+  while (!media.empty() && media.back() == ' ')
+    media.remove_suffix(1);
+  return !has_content_type || http::iequals(media, "application/json");
+}
+
 bool constant_time_equal(std::string_view a, std::string_view b) {
   unsigned char diff = a.size() == b.size() ? 0 : 1;
   const std::size_t n = std::max(a.size(), b.size());
@@ -81,7 +89,8 @@ struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::Manageme
               std::string_view content_type, bool has_content_type, const std::string& body);
   Reply register_server(std::string_view content_type, bool has_content_type, const std::string& body);
   Reply after_change(Reply reply) const;
-  Reply health_config(std::string_view method, const std::string& body);
+  Reply health_config(std::string_view method, std::string_view content_type, bool has_content_type,
+                      const std::string& body);
 
   asio::io_context& io;
   Pool& pool;
@@ -273,7 +282,7 @@ Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view
     return not_allowed("GET, HEAD, POST");
   }
   if (path == "/stats") return get ? json_reply(200, api::stats_json(stats)) : not_allowed("GET, HEAD");
-  if (path == "/config/health-check") return health_config(method, body);
+  if (path == "/config/health-check") return health_config(method, content_type, has_content_type, body);
   if (path == "/stats/detail")
     return get ? json_reply(200, api::stats_detail_json(pool.list())) : not_allowed("GET, HEAD");
   if (path == "/metrics") {
@@ -305,14 +314,7 @@ Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view
 
 Reply detail::ManagementApiImpl::register_server(std::string_view content_type, bool has_content_type,
                                                  const std::string& body) {
-  // A missing Content-Type is taken as JSON; another media type is refused.
-  const std::string_view media = content_type.substr(0, content_type.find(';'));
-  std::string_view trimmed = media;
-  while (!trimmed.empty() && trimmed.back() == ' ')
-    trimmed.remove_suffix(1);
-  if (has_content_type && !http::iequals(trimmed, "application/json")) {
-    return json_error(415, "the body must be application/json");
-  }
+  if (!json_content_type(content_type, has_content_type)) return json_error(415, "the body must be application/json");
   std::string error;
   const auto registration = api::parse_registration(body, error);
   if (!registration) return json_error(400, error);
@@ -332,11 +334,13 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
       200, api::server_json(*existing, options.health_checker));  // re-registration is harmless: pool unchanged
 }
 
-Reply detail::ManagementApiImpl::health_config(std::string_view method, const std::string& body) {
+Reply detail::ManagementApiImpl::health_config(std::string_view method, std::string_view content_type,
+                                               bool has_content_type, const std::string& body) {
   if (options.health_checker == nullptr) return json_error(404, "health checks are not enabled");
   HealthChecker& checker = *options.health_checker;
   if (method == "GET" || method == "HEAD") return json_reply(200, to_json(checker.defaults()) + "\n");
   if (method != "PUT") return json_error(405, "method not allowed", "Allow: GET, HEAD, PUT\r\n");
+  if (!json_content_type(content_type, has_content_type)) return json_error(415, "the body must be application/json");
   // A partial object changes only the settings it names.
   std::string error;
   const auto updated = apply_check_json(checker.defaults(), body, error);

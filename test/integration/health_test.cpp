@@ -846,6 +846,7 @@ TEST_CASE("API: GET and PUT /config/health-check read and change the defaults", 
       INFO(bad);
       check_error(cp.api("PUT", "/config/health-check", bad, kJson), 400);
     }
+    check_error(cp.api("PUT", "/config/health-check", R"({"path": "/fail"})", "Content-Type: text/plain\r\n"), 415);
     const auto read = settings_of(cp.api("GET", "/config/health-check"));
     CHECK(read.path == "/");
     CHECK(read.failures == 2);
