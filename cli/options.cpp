@@ -121,6 +121,11 @@ ParseResult parse_options(int argc, const char* const* argv) {
   app.add_option("--health-type", health_type, "http (GET, expect 2xx) or tcp (connect only)")
       ->check(CLI::IsMember({"http", "tcp"}))
       ->capture_default_str();
+  app.add_option("--retries", o.proxy.retries,
+                 "Further backends tried when a connection fails before any response (idempotent requests, "
+                 "or nothing sent)")
+      ->check(CLI::Range(0u, 10u))
+      ->capture_default_str();
   app.add_flag("--fail-open", o.proxy.fail_open,
                "When every server is down, keep sending to all of them instead of answering 503");
   app.add_option("--log-level", log_level, "error, warn, info or debug")

@@ -48,8 +48,29 @@ TEST_CASE("defaults and flags", "[cli]") {
   CHECK(r.options->threads >= 1);
   CHECK(r.options->proxy.connect_timeout == 1s);
 
-  r = parse({"--ip", "127.0.0.1:9000", "--server", "http://127.0.0.1:1", "--server", "127.0.0.1:2", "--threads", "3",
-             "--connect-timeout", "250ms", "--read-timeout", "2s", "--client-timeout", "1m", "--log-level", "debug"});
+  r = parse({"--ip",
+             "127.0.0.1:9000",
+             "--server",
+             "http://127.0.0.1:1",
+             "--server",
+             "127.0.0.1:2",
+             "--threads",
+             "3",
+             "--connect-timeout",
+             "250ms",
+             "--read-timeout",
+             "2s",
+             "--client-timeout",
+             "1m",
+             "--log-level",
+             "debug",
+             "--retries",
+             "2",
+             "--fail-open",
+             "--health-interval",
+             "500ms",
+             "--health-type",
+             "tcp"});
   REQUIRE(r.options);
   CHECK(r.options->servers.size() == 2);
   CHECK(r.options->threads == 3);
@@ -58,6 +79,10 @@ TEST_CASE("defaults and flags", "[cli]") {
   CHECK(r.options->proxy.read_timeout == 2s);
   CHECK(r.options->proxy.client_header_timeout == 60s);
   CHECK(r.options->log_level == weldr::LogLevel::debug);
+  CHECK(r.options->proxy.retries == 2);
+  CHECK(r.options->proxy.fail_open);
+  CHECK(r.options->health.interval == 500ms);
+  CHECK(r.options->health.type == weldr::HealthCheckOptions::Type::tcp);
 }
 
 TEST_CASE("bad input is one line and exit code 2", "[cli]") {
@@ -66,6 +91,9 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
                                                          {"--threads", "0"},
                                                          {"--read-timeout", "soon"},
                                                          {"--log-level", "loud"},
+                                                         {"--retries", "11"},
+                                                         {"--health-failures", "0"},
+                                                         {"--health-type", "udp"},
                                                          {"--bogus"}}) {
     auto r = parse(args);
     INFO(args[0]);
