@@ -219,8 +219,10 @@ struct Target {
   /// Ends its loop at once: the wait between checks and a check in flight are both cut short.
   void cancel() {
     removed = true;
-    timer.cancel();
-    deadline.cancel();
+    // Expiring the timers (rather than only cancelling pending waits) also ends a wait that
+    // starts later: a check between two of its steps would otherwise wait out its timeout.
+    timer.expires_at(std::chrono::steady_clock::time_point::min());
+    deadline.expires_at(std::chrono::steady_clock::time_point::min());
   }
   std::shared_ptr<Backend> backend;
   RiseFall rise_fall;           // io thread only
