@@ -125,6 +125,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   std::list<Session*> sessions;
   std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConnection>>> idle;
   std::vector<std::function<void()>> stopped_callbacks;
+  std::uint64_t pool_listener{0};
   bool stopping{false};
 };
 
@@ -917,13 +918,33 @@ void detail::ProxyImpl::maybe_finish_stop() {
 // ---------------------------------------------------------------------------------------------
 // Proxy
 
-Proxy::Proxy(asio::io_context& io, Pool& pool, ProxyOptions options)
-    : impl_(std::make_shared<detail::ProxyImpl>(io, pool, nullptr, std::move(options))) {}
+Proxy::Proxy(asio::io_context& io, Pool& pool, ProxyOptions options) : Proxy(io, pool, nullptr, std::move(options)) {}
 
 Proxy::Proxy(asio::io_context& io, Pool& pool, Stats& stats, ProxyOptions options)
-    : impl_(std::make_shared<detail::ProxyImpl>(io, pool, &stats, std::move(options))) {}
+    : Proxy(io, pool, &stats, std::move(options)) {}
+
+Proxy::Proxy(asio::io_context& io, Pool& pool, Stats* stats, ProxyOptions options)
+    : impl_(std::make_shared<detail::ProxyImpl>(io, pool, stats, std::move(options))) {
+  // A backend that is removed or goes down will not be picked again: close this proxy's idle
+  // connections to it now rather than at the next sweep. Pool events come from any thread.
+  std::weak_ptr<detail::ProxyImpl> weak = impl_;
+  impl_->pool_listener = pool.subscribe([weak](const PoolEvent& event) {
+    const bool unusable = event.kind == PoolEvent::Kind::removed ||
+                          (event.kind == PoolEvent::Kind::state_changed && !event.backend->usable());
+    if (!unusable) return;
+    if (auto impl = weak.lock()) {
+      asio::post(impl->io, [impl, backend = event.backend] {
+        auto it = impl->idle.find(backend->id());
+        if (it == impl->idle.end()) return;
+        std::erase_if(it->second, [&](const auto& c) { return c->backend == backend; });
+        if (it->second.empty()) impl->idle.erase(it);
+      });
+    }
+  });
+}
 
 Proxy::~Proxy() {
+  impl_->pool.unsubscribe(impl_->pool_listener);
   impl_->close_all();
 }
 

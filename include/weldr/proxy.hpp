@@ -109,6 +109,8 @@ class Proxy {
   [[nodiscard]] const ProxyOptions& options() const;
 
  private:
+  Proxy(asio::io_context& io, Pool& pool, Stats* stats, ProxyOptions options);
+
   std::shared_ptr<detail::ProxyImpl> impl_;
 };
 

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <future>
 #include <string>
+#include <thread>
 
 using namespace weldr::test;
 using namespace std::chrono_literals;
@@ -467,4 +468,21 @@ TEST_CASE("a graceful stop lets the request in flight finish", "[integration]") 
   busy.close();
   CHECK(stopped.wait_for(10s) == std::future_status::ready);
   CHECK_FALSE(Client::can_connect(proxy.port()));
+}
+
+TEST_CASE("idle upstream connections to a removed backend are closed at once", "[integration]") {
+  Origin origin;
+  auto options = TestProxy::test_options();
+  options.upstream_idle_timeout = 60s;  // the idle sweep (every 15 s) must not be what closes it
+  TestProxy proxy({origin.endpoint_url()}, options);
+  REQUIRE(http_get(proxy.port(), "/").status == 200);
+  const auto backend = proxy.pool().find(origin.endpoint_url().substr(7));
+  REQUIRE(backend);
+  REQUIRE(backend->active_connections() == 1);  // the idle keep-alive connection, cached
+  REQUIRE(proxy.pool().remove(backend->id()));
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  while (backend->active_connections() != 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);  // polling an atomic gauge: no event to wait for
+  }
+  CHECK(backend->active_connections() == 0);
 }
