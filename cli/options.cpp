@@ -81,8 +81,7 @@ ParseResult parse_options(int argc, const char* const* argv) {
   app.add_option("--admin-ip", o.admin_listen, "Address of the management API")
       ->check(EndpointValidator{})
       ->capture_default_str();
-  app.add_option("--admin-token", o.admin_token,
-                 "Bearer token every management API request must carry (default: env WELDR_ADMIN_TOKEN)")
+  app.add_option("--admin-token", o.admin_token, "Bearer token every management API request must carry")
       ->envname("WELDR_ADMIN_TOKEN");
   app.add_option("--state-file", o.state_file,
                  "File that keeps registered servers across restarts (written on every change)");
