@@ -55,17 +55,6 @@ bool parse_expect(const rapidjson::Value& v, int& min, int& max) {
   return parse(first, min) && parse(second, max);
 }
 
-void log_exception(std::exception_ptr e) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    detail::log(LogLevel::error, "health checker: unexpected exception: {}", ex.what());
-  } catch (...) {
-    detail::log(LogLevel::error, "health checker: unexpected exception");
-  }
-}
-
 }  // namespace
 
 std::optional<milliseconds> parse_duration(std::string_view text) {
@@ -295,7 +284,7 @@ void detail::HealthCheckerImpl::add(const std::shared_ptr<Backend>& backend) {
   }
   asio::co_spawn(
       io, [self = shared_from_this(), target]() { return self->loop(target); },
-      [](std::exception_ptr e) { log_exception(e); });
+      [](std::exception_ptr e) { detail::log_exception(e, "health checker"); });
 }
 
 void detail::HealthCheckerImpl::remove(const std::shared_ptr<Backend>& backend) {

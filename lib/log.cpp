@@ -39,6 +39,17 @@ void write_log(LogLevel level, std::string_view line) {
   }
 }
 
+void log_exception(std::exception_ptr e, std::string_view what) {
+  if (!e) return;
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    log(LogLevel::error, "{}: unexpected exception: {}", what, ex.what());
+  } catch (...) {
+    log(LogLevel::error, "{}: unexpected exception", what);
+  }
+}
+
 }  // namespace detail
 
 void set_log_level(LogLevel level) noexcept {

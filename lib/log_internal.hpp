@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <exception>
 #include <string_view>
 #include <utility>
 
@@ -14,6 +15,10 @@ namespace weldr::detail {
 extern std::atomic<int> g_log_level;
 
 void write_log(LogLevel level, std::string_view line);
+
+/// Logs an exception that escaped a coroutine (`what` names it); nothing when `e` is null.
+/// Used as the completion handler of co_spawn, so that no failure is silent.
+void log_exception(std::exception_ptr e, std::string_view what);
 
 inline bool log_enabled(LogLevel level) noexcept {
   return static_cast<int>(level) <= g_log_level.load(std::memory_order_relaxed);

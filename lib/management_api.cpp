@@ -65,17 +65,6 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
   return diff == 0;
 }
 
-void log_exception(std::exception_ptr e) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    detail::log(LogLevel::error, "management API: unexpected exception: {}", ex.what());
-  } catch (...) {
-    detail::log(LogLevel::error, "management API: unexpected exception");
-  }
-}
-
 }  // namespace
 
 class ApiSession;
@@ -117,12 +106,12 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
     auto self = shared_from_this();
     asio::co_spawn(
         socket_.get_executor(), [self]() { return self->watchdog_.run(); },
-        [](std::exception_ptr e) { log_exception(e); });
+        [](std::exception_ptr e) { detail::log_exception(e, "management API"); });
     try {
       while (co_await serve_one()) {
       }
     } catch (...) {
-      log_exception(std::current_exception());
+      detail::log_exception(std::current_exception(), "management API");
     }
     std::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_send, ignored);
@@ -254,7 +243,8 @@ asio::awaitable<void> detail::ManagementApiImpl::accept_loop() {
     }
     auto session = std::make_shared<ApiSession>(self, std::move(socket));
     asio::co_spawn(
-        io, [session]() { return session->run(); }, [](std::exception_ptr e) { log_exception(e); });
+        io, [session]() { return session->run(); },
+        [](std::exception_ptr e) { detail::log_exception(e, "management API"); });
   }
 }
 
@@ -377,7 +367,8 @@ void ManagementApi::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
   if (ec) return;
   auto impl = impl_;
   asio::co_spawn(
-      impl->io, [impl]() { return impl->accept_loop(); }, [](std::exception_ptr e) { log_exception(e); });
+      impl->io, [impl]() { return impl->accept_loop(); },
+      [](std::exception_ptr e) { detail::log_exception(e, "management API"); });
 }
 
 tcp::endpoint ManagementApi::local_endpoint() const {

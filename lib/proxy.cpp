@@ -49,17 +49,6 @@ constexpr std::size_t kLingerBytes = 256 * 1024;
 // Buffers kept for reuse by each Proxy, beyond those in use (256 x 16 KiB = 4 MiB by default).
 constexpr std::size_t kFreeBuffers = 256;
 
-void log_exception(std::exception_ptr e, std::string_view what) {
-  if (!e) return;
-  try {
-    std::rethrow_exception(e);
-  } catch (const std::exception& ex) {
-    detail::log(LogLevel::error, "{}: unexpected exception: {}", what, ex.what());
-  } catch (...) {
-    detail::log(LogLevel::error, "{}: unexpected exception", what);
-  }
-}
-
 bool is_aborted(const std::error_code& ec) {
   return ec == asio::error::operation_aborted;
 }
@@ -244,7 +233,7 @@ asio::awaitable<void> Session::run() {
   auto spawn_watchdog = [&](Watchdog& wd) {
     asio::co_spawn(
         client_.get_executor(), [self, &wd]() { return wd.run(); },
-        [](std::exception_ptr e) { log_exception(e, "watchdog"); });
+        [](std::exception_ptr e) { detail::log_exception(e, "watchdog"); });
   };
   spawn_watchdog(client_wd_);
   spawn_watchdog(up_wd_);
@@ -261,7 +250,7 @@ asio::awaitable<void> Session::run() {
       co_await lingering_close();
     }
   } catch (...) {
-    log_exception(std::current_exception(), "client session");
+    detail::log_exception(std::current_exception(), "client session");
   }
   std::error_code ignored;
   client_.close(ignored);
@@ -826,7 +815,7 @@ asio::awaitable<void> detail::ProxyImpl::accept_loop() {
     ++counters.connections_open;
     auto session = std::make_shared<Session>(self, std::move(socket));
     asio::co_spawn(
-        io, [session]() { return session->run(); }, [](std::exception_ptr e) { log_exception(e, "session"); });
+        io, [session]() { return session->run(); }, [](std::exception_ptr e) { detail::log_exception(e, "session"); });
   }
 }
 
@@ -961,9 +950,10 @@ void Proxy::listen(const tcp::endpoint& endpoint, std::error_code& ec) {
   auto impl = impl_;
   asio::co_spawn(
       impl->io, [impl]() { return impl->accept_loop(); },
-      [](std::exception_ptr e) { log_exception(e, "accept loop"); });
+      [](std::exception_ptr e) { detail::log_exception(e, "accept loop"); });
   asio::co_spawn(
-      impl->io, [impl]() { return impl->sweep_loop(); }, [](std::exception_ptr e) { log_exception(e, "idle sweep"); });
+      impl->io, [impl]() { return impl->sweep_loop(); },
+      [](std::exception_ptr e) { detail::log_exception(e, "idle sweep"); });
 }
 
 tcp::endpoint Proxy::local_endpoint() const {

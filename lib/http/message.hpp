@@ -46,8 +46,6 @@ struct Head {
 
   /// True for HTTP/1.1 and later.
   [[nodiscard]] bool is_http11() const noexcept { return http_major > 1 || (http_major == 1 && http_minor >= 1); }
-  /// A request or response that carries a body according to its framing headers.
-  [[nodiscard]] bool has_body() const noexcept { return chunked || content_length > 0; }
   /// Empties the head, keeping the capacity of `fields`.
   void clear() noexcept;
 };
