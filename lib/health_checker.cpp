@@ -215,6 +215,7 @@ struct Target {
   }
   std::shared_ptr<Backend> backend;
   RiseFall rise_fall;           // io thread only
+  unsigned ejected_passes{0};   // passed checks in a row while ejected; io thread only
   HealthStatus status;          // guarded by HealthCheckerImpl::mutex
   asio::steady_timer timer;     // between two checks
   asio::steady_timer deadline;  // of the check in flight
@@ -328,6 +329,18 @@ asio::awaitable<void> detail::HealthCheckerImpl::loop(std::shared_ptr<Target> ta
       detail::log(LogLevel::info, "backend {} up after {}", id, reason);
       pool.set_state(id, BackendState::active);
     }
+    // An ejected backend (outlier detection) comes back once its time is over and it has
+    // passed `passes` checks in a row since it was ejected.
+    if (target->backend->ejected()) {
+      target->ejected_passes = failure.empty() ? target->ejected_passes + 1 : 0;
+      if (target->ejected_passes >= options.passes && pool.reinstate(id)) {
+        reason = fmt::format("{} passed checks after an ejection", target->ejected_passes);
+        detail::log(LogLevel::info, "backend {} back after {}", id, reason);
+        target->ejected_passes = 0;
+      }
+    } else {
+      target->ejected_passes = 0;
+    }
     {
       std::lock_guard lock(mutex);
       auto& s = target->status;
@@ -406,6 +419,7 @@ HealthChecker::~HealthChecker() {
 void HealthChecker::start() {
   if (impl_->running) return;
   impl_->running = true;
+  impl_->pool.set_return_needs_checks(true);
   // Pool changes may come from any thread; the checker's own state lives on its io_context.
   std::weak_ptr<detail::HealthCheckerImpl> weak = impl_;
   impl_->listener = impl_->pool.subscribe([weak](const PoolEvent& event) {
@@ -427,6 +441,7 @@ void HealthChecker::stop() {
   if (!impl_->running) return;
   impl_->running = false;
   impl_->pool.unsubscribe(impl_->listener);
+  impl_->pool.set_return_needs_checks(false);
   std::lock_guard lock(impl_->mutex);
   for (auto& [id, target] : impl_->targets)
     target->cancel();

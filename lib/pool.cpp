@@ -1,3 +1,5 @@
+#include "log_internal.hpp"
+
 #include <weldr/error.hpp>
 #include <weldr/pool.hpp>
 
@@ -89,8 +91,39 @@ std::string_view to_string(BackendState state) noexcept {
   return "unknown";
 }
 
-Backend::Backend(BackendAddress address, std::string check)
-    : address_(std::move(address)), id_(address_.id()), check_(std::move(check)) {}
+namespace {
+
+std::int64_t steady_ns() noexcept {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+Backend::Backend(BackendAddress address, std::string check, unsigned weight)
+    : address_(std::move(address)),
+      id_(address_.id()),
+      check_(std::move(check)),
+      weight_(std::clamp(weight, 1U, 256U)),
+      id_hash_(hash_key(id_)),
+      active_since_(steady_ns()) {}
+
+bool Backend::ejected() const noexcept {
+  if (held_.load(std::memory_order_acquire)) return true;
+  const std::int64_t until = ejected_until_.load(std::memory_order_relaxed);
+  return until != 0 && until > steady_ns();
+}
+
+std::chrono::milliseconds Backend::ejection_left() const noexcept {
+  const std::int64_t left = ejected_until_.load(std::memory_order_relaxed) - steady_ns();
+  return left > 0 ? std::chrono::ceil<std::chrono::milliseconds>(std::chrono::nanoseconds(left))
+                  : std::chrono::milliseconds(0);
+}
+
+std::int64_t Backend::usable_since_ns() const noexcept {
+  // Back from an ejection that simply ran out: the ramp starts where the ejection ended.
+  return std::max(active_since_.load(std::memory_order_relaxed), ejected_until_.load(std::memory_order_relaxed));
+}
 
 // ---------------------------------------------------------------------------------------------
 // Pool
@@ -98,6 +131,9 @@ Backend::Backend(BackendAddress address, std::string check)
 struct Pool::Snapshot {
   std::vector<std::shared_ptr<Backend>> backends;
   std::uint64_t version{0};
+  std::shared_ptr<Balancer> balancer;
+  std::chrono::nanoseconds slow_start{0};
+  unsigned max_weight{1};
 };
 
 namespace {
@@ -116,7 +152,11 @@ thread_local unsigned t_next_slot = 0;
 
 }  // namespace
 
-Pool::Pool() : uid_(g_next_pool_uid.fetch_add(1)), current_(std::make_shared<const Snapshot>()) {}
+Pool::Pool() : uid_(g_next_pool_uid.fetch_add(1)) {
+  auto first = std::make_shared<Snapshot>();
+  first->balancer = make_balancer("round_robin");
+  current_ = std::move(first);
+}
 
 Pool::~Pool() {
   for (auto& slot : t_snapshots) {
@@ -148,12 +188,16 @@ void Pool::publish(std::vector<std::shared_ptr<Backend>> backends) {
   auto next = std::make_shared<Snapshot>();
   next->backends = std::move(backends);
   next->version = current_->version + 1;
+  next->balancer = current_->balancer;
+  next->slow_start = current_->slow_start;
+  for (const auto& b : next->backends)
+    next->max_weight = std::max(next->max_weight, b->weight());
   current_ = std::move(next);
   version_.store(current_->version, std::memory_order_release);
 }
 
-bool Pool::add(const BackendAddress& address, std::string check) {
-  auto backend = std::make_shared<Backend>(address, std::move(check));
+bool Pool::add(const BackendAddress& address, std::string check, unsigned weight) {
+  auto backend = std::make_shared<Backend>(address, std::move(check), weight);
   std::lock_guard notify_lock(notify_mutex_);
   {
     std::lock_guard lock(mutex_);
@@ -211,6 +255,15 @@ bool Pool::set_state(std::string_view id, BackendState state) {
   BackendState expected = backend->state();
   while (expected != BackendState::draining) {
     if (backend->state_.compare_exchange_weak(expected, state, std::memory_order_acq_rel)) {
+      if (expected != state && state == BackendState::active) {
+        const std::int64_t now = steady_ns();
+        backend->active_since_.store(now, std::memory_order_relaxed);  // slow start from here
+        // Passing the active checks after being down outweighs an ejection from before.
+        if (backend->ejected_until_.load(std::memory_order_relaxed) > now) {
+          backend->ejected_until_.store(now, std::memory_order_relaxed);
+        }
+        backend->held_.store(false, std::memory_order_release);
+      }
       if (expected != state) notify(PoolEvent::Kind::state_changed, std::move(backend));
       return true;
     }
@@ -268,17 +321,125 @@ std::size_t Pool::size() const {
   return snapshot()->backends.size();
 }
 
-std::shared_ptr<Backend> Pool::pick(bool include_down) {
+std::shared_ptr<Backend> Pool::pick(const PickContext& context) {
   auto snap = snapshot();
   const auto& list = snap->backends;
-  const std::size_t n = list.size();
-  if (n == 0) return nullptr;
-  const std::uint64_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& b = list[(start + i) % n];
-    if (b->usable() || (include_down && b->state() == BackendState::down)) return b;
+  if (list.empty()) return nullptr;
+  const Candidates candidates(list, context, snap->slow_start, snap->max_weight);
+  const std::size_t chosen = snap->balancer->pick(candidates, context);
+  if (chosen >= list.size()) return nullptr;
+  return list[chosen];
+}
+
+std::shared_ptr<Backend> Pool::pick(bool include_down) {
+  PickContext context;
+  context.include_down = include_down;
+  return pick(context);
+}
+
+void Pool::set_balancer(std::shared_ptr<Balancer> balancer) {
+  if (!balancer) throw std::invalid_argument("Pool::set_balancer: null balancer");
+  std::lock_guard lock(mutex_);
+  auto next = std::make_shared<Snapshot>(*current_);
+  next->balancer = std::move(balancer);
+  next->version = current_->version + 1;
+  current_ = std::move(next);
+  version_.store(current_->version, std::memory_order_release);
+}
+
+std::shared_ptr<Balancer> Pool::balancer() const {
+  return snapshot()->balancer;
+}
+
+void Pool::set_slow_start(std::chrono::milliseconds window) {
+  std::lock_guard lock(mutex_);
+  auto next = std::make_shared<Snapshot>(*current_);
+  next->slow_start = std::max(window, std::chrono::milliseconds(0));
+  next->version = current_->version + 1;
+  current_ = std::move(next);
+  version_.store(current_->version, std::memory_order_release);
+}
+
+std::chrono::milliseconds Pool::slow_start() const {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(snapshot()->slow_start);
+}
+
+void Pool::set_outlier_detection(const OutlierOptions& options) {
+  std::lock_guard lock(mutex_);
+  outlier_ = options;
+  outlier_.max_ejection_percent = std::min(outlier_.max_ejection_percent, 100U);
+  outlier_failures_.store(options.consecutive_failures, std::memory_order_relaxed);
+}
+
+OutlierOptions Pool::outlier_detection() const {
+  std::lock_guard lock(mutex_);
+  return outlier_;
+}
+
+void Pool::set_return_needs_checks(bool on) {
+  return_needs_checks_.store(on, std::memory_order_relaxed);
+  if (on) return;
+  // Without a checker, nobody would ever reinstate a held backend: its time alone decides.
+  for (const auto& backend : list())
+    backend->held_.store(false, std::memory_order_release);
+}
+
+bool Pool::reinstate(std::string_view id) {
+  std::lock_guard notify_lock(notify_mutex_);
+  auto backend = find(id);
+  if (!backend || !backend->held_.load(std::memory_order_acquire) || backend->ejection_left().count() > 0) {
+    return false;
   }
-  return nullptr;
+  backend->active_since_.store(steady_ns(), std::memory_order_relaxed);
+  backend->held_.store(false, std::memory_order_release);
+  notify(PoolEvent::Kind::returned, std::move(backend));
+  return true;
+}
+
+void Pool::maybe_eject(Backend& backend) {
+  std::lock_guard notify_lock(notify_mutex_);
+  if (backend.ejected() || backend.state() != BackendState::active) return;
+  OutlierOptions options;
+  std::shared_ptr<const Snapshot> snap;
+  {
+    std::lock_guard lock(mutex_);
+    options = outlier_;
+    snap = current_;
+  }
+  if (options.consecutive_failures == 0 ||
+      backend.consecutive_failures_.load(std::memory_order_relaxed) < options.consecutive_failures) {
+    return;
+  }
+  std::shared_ptr<Backend> self;
+  std::size_t ejected = 0;
+  for (const auto& b : snap->backends) {
+    if (b.get() == &backend) self = b;
+    if (b->ejected()) ++ejected;
+  }
+  if (!self) return;
+  // The cap keeps a pool-wide problem (or a bad deploy) from ejecting everyone.
+  if ((ejected + 1) * 100 > snap->backends.size() * options.max_ejection_percent) {
+    detail::log(LogLevel::debug, "backend {}: not ejected, {} of {} already are", backend.id(), ejected,
+                snap->backends.size());
+    return;
+  }
+  const std::int64_t now = steady_ns();
+  const std::int64_t base = std::chrono::nanoseconds(options.base_ejection_time).count();
+  // Each ejection in a row lasts longer; a base time without one takes a step back.
+  std::int64_t level = backend.ejection_level_.load(std::memory_order_relaxed);
+  const std::int64_t last_end = backend.ejected_until_.load(std::memory_order_relaxed);
+  if (last_end != 0 && base > 0) level = std::max<std::int64_t>(0, level - (now - last_end) / base);
+  ++level;
+  const std::int64_t limit = std::max(base, std::chrono::nanoseconds(options.max_ejection_time).count());
+  const std::int64_t duration = level > limit / std::max<std::int64_t>(base, 1) ? limit : base * level;
+  backend.ejection_level_.store(static_cast<std::uint32_t>(level), std::memory_order_relaxed);
+  backend.ejected_until_.store(now + duration, std::memory_order_relaxed);
+  backend.held_.store(return_needs_checks_.load(std::memory_order_relaxed), std::memory_order_release);
+  backend.ejections_.fetch_add(1, std::memory_order_relaxed);
+  const auto failures = backend.consecutive_failures_.exchange(0, std::memory_order_relaxed);
+  detail::log(LogLevel::warn, "backend {} ejected for {} ms after {} failed requests in a row", backend.id(),
+              duration / 1000000, failures);
+  notify(PoolEvent::Kind::ejected, std::move(self));
 }
 
 void Pool::begin_request(Backend& backend) noexcept {
@@ -286,8 +447,30 @@ void Pool::begin_request(Backend& backend) noexcept {
   backend.in_flight_.fetch_add(1, std::memory_order_seq_cst);
 }
 
-void Pool::end_request(Backend& backend, bool ok) {
-  (ok ? backend.successes_ : backend.failures_).fetch_add(1, std::memory_order_relaxed);
+void Pool::end_request(Backend& backend, bool ok, std::chrono::nanoseconds latency) {
+  if (ok) {
+    backend.successes_.fetch_add(1, std::memory_order_relaxed);
+    if (backend.consecutive_failures_.load(std::memory_order_relaxed) != 0) {
+      backend.consecutive_failures_.store(0, std::memory_order_relaxed);
+    }
+  } else {
+    backend.failures_.fetch_add(1, std::memory_order_relaxed);
+    const unsigned threshold = outlier_failures_.load(std::memory_order_relaxed);
+    const auto failures = backend.consecutive_failures_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (threshold != 0 && failures >= threshold) maybe_eject(backend);
+  }
+  if (latency.count() > 0 || !ok) {
+    // A failure weighs at least as much as a slow answer: a backend that fails fast must not
+    // look attractive to the latency-aware policy.
+    constexpr double alpha = 0.2;
+    const double seconds = std::chrono::duration<double>(latency).count();
+    double old = backend.ewma_.load(std::memory_order_relaxed);
+    double next;
+    do {
+      const double sample = ok ? seconds : std::max({seconds, 2 * old, 0.1});
+      next = old == 0.0 ? sample : old + alpha * (sample - old);
+    } while (!backend.ewma_.compare_exchange_weak(old, next, std::memory_order_relaxed));
+  }
   if (backend.in_flight_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
       backend.state_.load(std::memory_order_seq_cst) == BackendState::draining) {
     erase_drained(backend);

@@ -10,6 +10,7 @@
 #include "net/buffer.hpp"
 #include "net/listen.hpp"
 #include "net/watchdog.hpp"
+#include "retry_budget.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -20,7 +21,9 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
+#include <cctype>
 #include <cerrno>
 #include <list>
 #include <unordered_map>
@@ -86,6 +89,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
         stats(shared_stats == nullptr ? *own_stats : *shared_stats),
         options(std::move(o)),
         buffers(options.buffer_size, kFreeBuffers),
+        retry_budget(options.retry_budget_percent, options.retry_budget_min, options.retry_budget_window),
         acceptor(io_context),
         sweep_timer(io_context) {
     via = "1.1 " + options.via_name;
@@ -106,6 +110,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   Stats& stats;
   ProxyOptions options;
   net::BufferPool buffers;
+  detail::RetryBudget retry_budget;
   std::string via;
   tcp::acceptor acceptor;
   asio::steady_timer sweep_timer;
@@ -178,6 +183,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   asio::awaitable<bool> serve_one();
   asio::awaitable<bool> handle_request();
+  std::optional<std::uint64_t> request_key() const;
   asio::awaitable<Exchange> exchange(const std::shared_ptr<Backend>& backend);
   asio::awaitable<std::error_code> connect(const std::shared_ptr<Backend>& backend);
   asio::awaitable<void> pump_request_body(Exchange& result);
@@ -203,6 +209,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string head_out_;
   std::vector<std::string_view> scratch_;
   std::vector<asio::const_buffer> gather_;
+  std::vector<const Backend*> tried_;
   std::unique_ptr<UpstreamConnection> up_;
   std::list<Session*>::iterator self_in_list_;
 
@@ -215,7 +222,8 @@ class Session : public std::enable_shared_from_this<Session> {
   bool request_done_{false};      // the whole request was read from the client
   bool response_started_{false};  // a byte of the final response went to the client
   bool response_done_{false};
-  bool close_after_{false};  // the client connection ends after this response
+  clock_type::time_point response_head_at_{};  // when the final response head arrived
+  bool close_after_{false};                    // the client connection ends after this response
   bool upgraded_{false};
   bool request_upgrade_{false};  // the client asked for a protocol upgrade
   bool body_streamed_{false};    // body bytes left our buffer: no retry possible
@@ -341,14 +349,38 @@ asio::awaitable<bool> Session::handle_request() {
                            {client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}}, scratch_);
 
   Exchange last;
+  PickContext pick;
+  if (proxy_->pool.balancer()->uses_key()) pick.key = request_key();
+  tried_.clear();
+  const auto received = clock_type::now();
+  proxy_->retry_budget.on_request(received);
   for (unsigned attempt = 0; attempt <= opts_.retries && !forced_; ++attempt) {
-    auto backend = proxy_->pool.pick();
+    if (attempt > 0) {
+      if (!proxy_->retry_budget.try_retry(clock_type::now())) {
+        ++proxy_->counters.retries_denied;
+        detail::log(LogLevel::debug, "client {}: retry budget spent, not retrying", client_address_);
+        break;
+      }
+      ++proxy_->counters.retries;
+    }
+    // A retry goes to a backend not tried yet when there is one; else to any usable one.
+    pick.exclude = tried_;
+    pick.include_down = false;
+    auto backend = proxy_->pool.pick(pick);
+    if (!backend && !tried_.empty()) {
+      pick.exclude = {};
+      backend = proxy_->pool.pick(pick);
+    }
     // Fail-open: with every backend down, trying them beats refusing everyone.
-    if (!backend && opts_.fail_open) backend = proxy_->pool.pick(true);
+    if (!backend && opts_.fail_open) {
+      pick.include_down = true;
+      backend = proxy_->pool.pick(pick);
+    }
     if (!backend) break;
-    if (attempt > 0) ++proxy_->counters.retries;
+    tried_.push_back(backend.get());
     proxy_->pool.begin_request(*backend);
     const auto started = clock_type::now();
+    response_head_at_ = {};
     last = co_await exchange(backend);
     if (forced_) {
       // Our stop closed the sockets; the backend did nothing wrong and the client is gone.
@@ -357,7 +389,9 @@ asio::awaitable<bool> Session::handle_request() {
     }
     // A client that went away says nothing about the backend.
     const bool ok = (last.failure == Failure::none || last.failure == Failure::client) && resp_.head().status < 500;
-    proxy_->pool.end_request(*backend, ok);
+    const auto to_head =
+        response_head_at_ == clock_type::time_point{} ? clock_type::duration::zero() : response_head_at_ - started;
+    proxy_->pool.end_request(*backend, ok, to_head);
     if (last.failure != Failure::client) proxy_->stats.server_result(ok);
     if (ok && response_done_) backend->latency().record(clock_type::now() - started);
     if (last.failure == Failure::none) break;
@@ -414,6 +448,30 @@ asio::awaitable<bool> Session::handle_request() {
   }
   const bool next = keep && !proxy_->stopping;
   co_return next;
+}
+
+// The hash policy's key for this request: nothing when the request lacks it (a missing
+// header or cookie), and the policy then balances it round robin.
+std::optional<std::uint64_t> Session::request_key() const {
+  const HashKey& key = opts_.hash_key;
+  if (key.source == HashKey::Source::client_ip) return hash_key(client_address_);
+  const char* base = in_.data();
+  std::optional<std::uint64_t> hash;
+  std::string joined;
+  const std::string_view wanted = key.source == HashKey::Source::cookie ? std::string_view("cookie") : key.name;
+  for (const auto& field : req_.head().fields) {
+    if (!http::iequals(field.name.view(base), wanted)) continue;
+    const std::string_view value = field.value.view(base);
+    if (key.source == HashKey::Source::cookie) {
+      if (const auto cookie = http::find_cookie(value, key.name)) return hash_key(*cookie);
+      continue;
+    }
+    if (!joined.empty()) joined += ',';  // several lines of one header are one list (RFC 9110 §5.3)
+    joined += value;
+    hash = 0;
+  }
+  if (hash) hash = hash_key(joined);
+  return hash;
 }
 
 asio::awaitable<std::error_code> Session::connect(const std::shared_ptr<Backend>& backend) {
@@ -609,6 +667,7 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
       if (event != http::Parser::Event::head) continue;
 
       const http::Head& head = resp_.head();
+      response_head_at_ = clock_type::now();
       if (head.status >= 100 && head.status < 200 && head.status != 101) {
         // Interim responses (100 Continue, 103 Early Hints) go to HTTP/1.1 clients only
         // (RFC 9110 §15.2); the final response follows on the same connection.
@@ -907,6 +966,23 @@ void detail::ProxyImpl::maybe_finish_stop() {
 // ---------------------------------------------------------------------------------------------
 // Proxy
 
+std::optional<HashKey> parse_hash_key(std::string_view text) {
+  if (text == "client_ip") return HashKey{HashKey::Source::client_ip, {}};
+  for (const auto& [prefix, source] : {std::pair{std::string_view("header:"), HashKey::Source::header},
+                                       std::pair{std::string_view("cookie:"), HashKey::Source::cookie}}) {
+    if (!text.starts_with(prefix)) continue;
+    const std::string_view name = text.substr(prefix.size());
+    // A header name is a token (RFC 9110 §5.1), and so is a cookie name (RFC 6265 §4.1.1).
+    const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
+      return std::isalnum(c) ||
+             std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
+    });
+    if (!token) return std::nullopt;
+    return HashKey{source, std::string(name)};
+  }
+  return std::nullopt;
+}
+
 Proxy::Proxy(asio::io_context& io, Pool& pool, ProxyOptions options) : Proxy(io, pool, nullptr, std::move(options)) {}
 
 Proxy::Proxy(asio::io_context& io, Pool& pool, Stats& stats, ProxyOptions options)
@@ -918,7 +994,7 @@ Proxy::Proxy(asio::io_context& io, Pool& pool, Stats* stats, ProxyOptions option
   // connections to it now rather than at the next sweep. Pool events come from any thread.
   std::weak_ptr<detail::ProxyImpl> weak = impl_;
   impl_->pool_listener = pool.subscribe([weak](const PoolEvent& event) {
-    const bool unusable = event.kind == PoolEvent::Kind::removed ||
+    const bool unusable = event.kind == PoolEvent::Kind::removed || event.kind == PoolEvent::Kind::ejected ||
                           (event.kind == PoolEvent::Kind::state_changed && !event.backend->usable());
     if (!unusable) return;
     if (auto impl = weak.lock()) {

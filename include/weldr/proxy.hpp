@@ -10,7 +10,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <system_error>
 
 namespace weldr {
@@ -20,6 +22,21 @@ class Stats;
 namespace detail {
 struct ProxyImpl;
 }
+
+/// What the hash balancing policy hashes for each request.
+struct HashKey {
+  /// Where the key comes from.
+  enum class Source {
+    client_ip,  ///< the client's IP address
+    header,     ///< the value of a request header (all of its lines, in order)
+    cookie,     ///< the value of a cookie
+  };
+  Source source{Source::client_ip};  ///< where the key comes from
+  std::string name;                  ///< the header or cookie name
+};
+
+/// Parses "client_ip", "header:NAME" or "cookie:NAME"; nothing when `text` is none of those.
+std::optional<HashKey> parse_hash_key(std::string_view text);
 
 /// Limits and timeouts of a Proxy. Every wait has a timeout and every buffer a bound.
 struct ProxyOptions {
@@ -43,8 +60,18 @@ struct ProxyOptions {
   std::size_t buffer_size{16 * 1024};
   /// Idle keep-alive connections cached per backend.
   std::size_t max_idle_per_backend{64};
-  /// Attempts on another backend after a connect failure or reset (idempotent requests only).
+  /// Attempts on another backend after a connect failure, or (idempotent requests only) a
+  /// connection lost before any response byte.
   unsigned retries{1};
+  /// Retry budget: retries may add at most this share (percent) of the requests received over
+  /// `retry_budget_window`, plus `retry_budget_min`; a failing pool is not hit twice as hard.
+  unsigned retry_budget_percent{20};
+  /// Retries always allowed per window, however little traffic there is.
+  unsigned retry_budget_min{10};
+  /// The window of the retry budget.
+  std::chrono::milliseconds retry_budget_window{10000};
+  /// The request key of the hash balancing policy (ignored by the other policies).
+  HashKey hash_key;
   /// When every backend is down, keep sending to them anyway instead of answering 503.
   bool fail_open{false};
   /// Retry-After (seconds) of the 503 answered when no backend is usable.
@@ -69,6 +96,7 @@ struct ProxyCounters {
   std::uint64_t upstream_connects{0};     ///< new connections opened to backends
   std::uint64_t upstream_reuses{0};       ///< requests sent on a cached keep-alive connection
   std::uint64_t retries{0};               ///< requests tried again on another backend
+  std::uint64_t retries_denied{0};        ///< retries the retry budget refused
 };
 
 /// An HTTP/1.1 reverse proxy that balances over a Pool.

@@ -39,6 +39,26 @@ bool list_contains(std::string_view value, std::string_view token) noexcept {
   return found;
 }
 
+std::optional<std::string_view> find_cookie(std::string_view field_value, std::string_view name) noexcept {
+  std::size_t pos = 0;
+  while (pos < field_value.size()) {
+    std::size_t end = field_value.find(';', pos);
+    if (end == std::string_view::npos) end = field_value.size();
+    std::string_view pair = field_value.substr(pos, end - pos);
+    while (!pair.empty() && (pair.front() == ' ' || pair.front() == '\t'))
+      pair.remove_prefix(1);
+    if (const auto eq = pair.find('='); eq != std::string_view::npos && pair.substr(0, eq) == name) {
+      std::string_view value = pair.substr(eq + 1);
+      while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
+        value.remove_suffix(1);
+      if (value.size() >= 2 && value.front() == '"' && value.back() == '"') value = value.substr(1, value.size() - 2);
+      return value;
+    }
+    pos = end + 1;
+  }
+  return std::nullopt;
+}
+
 bool is_idempotent(std::string_view method) noexcept {
   static constexpr std::array<std::string_view, 6> kIdempotent{"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"};
   return std::find(kIdempotent.begin(), kIdempotent.end(), method) != kIdempotent.end();

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -73,6 +74,10 @@ void for_each_token(std::string_view value, Fn&& fn) {
 
 /// True when the comma-separated list `value` contains `token` (case-insensitive).
 bool list_contains(std::string_view value, std::string_view token) noexcept;
+
+/// The value of the cookie `name` in a Cookie field value ("a=1; b=2", RFC 6265 §4.2.1), or
+/// nothing when it is not there. Names are case-sensitive.
+std::optional<std::string_view> find_cookie(std::string_view field_value, std::string_view name) noexcept;
 
 /// True for methods that RFC 9110 §9.2.2 defines as idempotent.
 bool is_idempotent(std::string_view method) noexcept;
