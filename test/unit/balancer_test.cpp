@@ -1,0 +1,2 @@
+// Placeholder: tests are being written.
+#include <catch2/catch.hpp>
