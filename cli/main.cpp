@@ -49,6 +49,9 @@ int main(int argc, char** argv) {
   weldr::set_log_level(options.log_level);
 
   weldr::Pool pool;
+  pool.set_balancer(weldr::make_balancer(options.balance));
+  pool.set_slow_start(options.slow_start);
+  pool.set_outlier_detection(options.outlier);
   weldr::Stats stats;
   std::unique_ptr<weldr::StateFile> state;
   if (!options.state_file.empty()) {

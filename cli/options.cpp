@@ -125,6 +125,42 @@ ParseResult parse_options(int argc, const char* const* argv) {
                  "or nothing sent)")
       ->check(CLI::Range(0u, 10u))
       ->capture_default_str();
+  app.add_option("--retry-budget", o.proxy.retry_budget_percent,
+                 "Retries allowed as a percentage of requests over 10 s (plus 10 per 10 s)")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
+  app.add_option("--balance", o.balance, "Balancing policy: round_robin, least_conn, p2c, random or hash")
+      ->check(CLI::IsMember({"round_robin", "least_conn", "p2c", "random", "hash"}))
+      ->capture_default_str();
+  std::string hash_key = "client_ip";
+  app.add_option("--hash-key", hash_key, "What --balance hash hashes: client_ip, header:NAME or cookie:NAME")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            return parse_hash_key(value)
+                       ? std::string{}
+                       : "invalid hash key '" + value + "' (use client_ip, header:NAME or cookie:NAME)";
+          },
+          "KEY"))
+      ->capture_default_str();
+  std::string slow_start = "0s";
+  app.add_option("--slow-start", slow_start, "Time over which a server that comes back ramps up its share (0s: off)")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  std::string outlier_base = "30s";
+  std::string outlier_max = "300s";
+  app.add_option("--outlier-failures", o.outlier.consecutive_failures,
+                 "Failed requests in a row that eject a server (connect errors, timeouts, resets, 5xx; 0: off)")
+      ->check(CLI::Range(0u, 1000u))
+      ->capture_default_str();
+  app.add_option("--outlier-base-time", outlier_base, "Length of a first ejection; the n-th in a row lasts n times")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--outlier-max-time", outlier_max, "Longest ejection")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--outlier-max-percent", o.outlier.max_ejection_percent, "Largest share of servers ejected at once")
+      ->check(CLI::Range(0u, 100u))
+      ->capture_default_str();
   app.add_flag("--fail-open", o.proxy.fail_open,
                "When every server is down, keep sending to all of them instead of answering 503");
   app.add_option("--log-level", log_level, "error, warn, info or debug")
@@ -156,6 +192,15 @@ ParseResult parse_options(int argc, const char* const* argv) {
   if (const auto why = o.health.validate(); !why.empty()) {
     result.exit_code = 2;
     result.message = "weldr-cli: invalid health-check settings: " + why + " (see --help)";
+    return result;
+  }
+  o.proxy.hash_key = *parse_hash_key(hash_key);
+  o.slow_start = *parse_duration(slow_start);
+  o.outlier.base_ejection_time = *parse_duration(outlier_base);
+  o.outlier.max_ejection_time = *parse_duration(outlier_max);
+  if (o.outlier.base_ejection_time.count() <= 0) {
+    result.exit_code = 2;
+    result.message = "weldr-cli: --outlier-base-time must be more than 0 (see --help)";
     return result;
   }
   o.log_level = *parse_log_level(log_level);

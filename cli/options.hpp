@@ -3,6 +3,7 @@
 
 #include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
+#include <weldr/pool.hpp>
 #include <weldr/proxy.hpp>
 
 #include <chrono>
@@ -25,6 +26,9 @@ struct Options {
   std::chrono::milliseconds shutdown_timeout{30000};  ///< --shutdown-timeout
   ProxyOptions proxy;                                 ///< timeouts and limits
   HealthCheckOptions health;                          ///< --health-* (global health-check settings)
+  std::string balance{"round_robin"};                 ///< --balance
+  std::chrono::milliseconds slow_start{0};            ///< --slow-start; 0 means off
+  OutlierOptions outlier;                             ///< --outlier-*
 };
 
 /// Outcome of parsing: either options, or an exit code and what to print.

@@ -109,52 +109,74 @@ class RoundRobin final : public Balancer {
     const std::uint64_t max_weight = c.max_weight();
     const std::uint64_t period = n * max_weight;
     std::uint64_t start = cursor_.load(std::memory_order_relaxed);
-    std::size_t fallback = none;
+    std::size_t chosen = none;
+    std::uint64_t chosen_at = 0;
     for (std::uint64_t k = 0; k < period; ++k) {
       const std::uint64_t position = start + k;
       const std::size_t i = position % n;
       if ((position / n) % max_weight >= c.static_weight(i) || !c.eligible(i)) continue;
       const double warmth = c.warmth(i);
       if (warmth < 1.0 && Candidates::random_unit() >= warmth) {
-        if (fallback == none) fallback = i;  // every offer declined: still answer
+        if (chosen == none) {  // every offer declined (all in slow start): still answer
+          chosen = i;
+          chosen_at = position;
+        }
         continue;
       }
-      // Another thread may have moved the cursor meanwhile; then both may pick the same
-      // backend once, which costs a little evenness and no correctness.
-      cursor_.compare_exchange_strong(start, position + 1, std::memory_order_relaxed);
-      return i;
+      chosen = i;
+      chosen_at = position;
+      break;
     }
-    return fallback;
+    if (chosen == none) return none;
+    // Another thread may have moved the cursor meanwhile; then both may pick the same backend
+    // once, which costs a little evenness and no correctness.
+    cursor_.compare_exchange_strong(start, chosen_at + 1, std::memory_order_relaxed);
+    return chosen;
   }
 
  private:
   std::atomic<std::uint64_t> cursor_{0};
 };
 
-/// Fewest requests in flight relative to weight; ties go round robin.
+/// Fewest requests in flight relative to weight; ties take turns (round robin among them).
 class LeastConn final : public Balancer {
  public:
   std::string_view name() const noexcept override { return "least_conn"; }
 
   std::size_t pick(const Candidates& c, const PickContext&) override {
-    const std::size_t n = c.size();
-    const std::size_t offset = next_.fetch_add(1, std::memory_order_relaxed) % n;
-    std::size_t best = none;
+    // First the lowest load and how many share it, then the turn-th of those.
     double best_load = 0;
-    for (std::size_t k = 0; k < n; ++k) {
-      const std::size_t i = (offset + k) % n;
+    std::uint64_t ties = 0;
+    for (std::size_t i = 0; i < c.size(); ++i) {
       if (!c.eligible(i)) continue;
-      const double load = static_cast<double>(c[i].active_requests() + 1) / c.weight(i);
-      if (best == none || load < best_load) {
-        best = i;
+      const double load = load_of(c, i);
+      if (ties == 0 || load < best_load) {
         best_load = load;
+        ties = 1;
+      } else if (load == best_load) {
+        ++ties;
       }
+    }
+    if (ties == 0) return none;
+    std::uint64_t turn = turn_.fetch_add(1, std::memory_order_relaxed) % ties;
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      if (!c.eligible(i) || load_of(c, i) != best_load) continue;
+      if (turn-- == 0) return i;
+    }
+    // In-flight counts moved between the two passes: the first backend at the lowest load now.
+    std::size_t best = none;
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      if (c.eligible(i) && (best == none || load_of(c, i) < load_of(c, best))) best = i;
     }
     return best;
   }
 
  private:
-  std::atomic<std::uint64_t> next_{0};
+  static double load_of(const Candidates& c, std::size_t i) noexcept {
+    return static_cast<double>(c[i].active_requests() + 1) / c.weight(i);
+  }
+
+  std::atomic<std::uint64_t> turn_{0};
 };
 
 /// Collects the eligible candidates into a per-thread vector (no allocation once warm).

@@ -309,7 +309,7 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
   const auto registration = api::parse_registration(body, error);
   if (!registration) return json_error(400, error);
   const std::string id = registration->address.id();
-  if (pool.add(registration->address, registration->check)) {
+  if (pool.add(registration->address, registration->check, registration->weight)) {
     detail::log(LogLevel::info, "server {} registered through the management API", id);
     const auto backend = pool.find(id);
     return after_change(json_reply(201, api::server_json(*backend, options.health_checker),
@@ -320,8 +320,15 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
     return json_error(409, fmt::format("server {} is being removed; register it again once it is gone", id));
   }
   if (!existing) return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
-  return json_reply(
-      200, api::server_json(*existing, options.health_checker));  // re-registration is harmless: pool unchanged
+  // Registering again is harmless and is how a weight is changed at runtime.
+  if (existing->weight() != registration->weight) {
+    if (!pool.set_weight(id, registration->weight)) {
+      return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
+    }
+    detail::log(LogLevel::info, "server {}: weight set to {} through the management API", id, registration->weight);
+    return after_change(json_reply(200, api::server_json(*existing, options.health_checker)));
+  }
+  return json_reply(200, api::server_json(*existing, options.health_checker));
 }
 
 Reply detail::ManagementApiImpl::health_config(std::string_view method, std::string_view content_type,

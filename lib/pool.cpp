@@ -247,6 +247,23 @@ bool Pool::remove(std::string_view id) {
   return true;
 }
 
+bool Pool::set_weight(std::string_view id, unsigned weight) {
+  weight = std::clamp(weight, 1U, 256U);
+  std::lock_guard notify_lock(notify_mutex_);
+  std::shared_ptr<Backend> backend;
+  {
+    std::lock_guard lock(mutex_);
+    const auto& list = current_->backends;
+    auto it = std::find_if(list.begin(), list.end(), [&](const auto& b) { return b->id() == id; });
+    if (it == list.end() || (*it)->state() == BackendState::draining) return false;
+    backend = *it;
+    if (backend->weight_.exchange(weight, std::memory_order_relaxed) == weight) return true;
+    publish(list);  // the snapshot's largest weight may change
+  }
+  notify(PoolEvent::Kind::reweighted, std::move(backend));
+  return true;
+}
+
 bool Pool::set_state(std::string_view id, BackendState state) {
   if (state == BackendState::draining) return remove(id);
   std::lock_guard notify_lock(notify_mutex_);

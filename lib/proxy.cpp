@@ -358,10 +358,12 @@ asio::awaitable<bool> Session::handle_request() {
     if (attempt > 0) {
       if (!proxy_->retry_budget.try_retry(clock_type::now())) {
         ++proxy_->counters.retries_denied;
+        proxy_->stats.retry(false);
         detail::log(LogLevel::debug, "client {}: retry budget spent, not retrying", client_address_);
         break;
       }
       ++proxy_->counters.retries;
+      proxy_->stats.retry(true);
     }
     // A retry goes to a backend not tried yet when there is one; else to any usable one.
     pick.exclude = tried_;

@@ -142,7 +142,7 @@ std::vector<StoredBackend> parse_state(const std::string& path, const std::strin
   for (const auto& server : servers->value.GetArray()) {
     const std::string where = fmt::format("servers[{}]", i);
     if (!server.IsObject()) fail(path, fmt::format("{}: expected an object, got {}", where, type_name(server)));
-    check_members(path, where, server, {"url", "check"});
+    check_members(path, where, server, {"url", "check", "weight"});
 
     const auto url = server.FindMember("url");
     if (url == server.MemberEnd()) fail(path, fmt::format("{}: missing \"url\"", where));
@@ -159,7 +159,13 @@ std::vector<StoredBackend> parse_state(const std::string& path, const std::strin
                              previous->second, address->id()));
     }
 
-    StoredBackend stored{address->url, {}};
+    StoredBackend stored{address->url, {}, 1};
+    if (const auto weight = server.FindMember("weight"); weight != server.MemberEnd()) {
+      if (!weight->value.IsUint() || weight->value.GetUint() < 1 || weight->value.GetUint() > 256) {
+        fail(path, fmt::format("{}.weight: expected an integer from 1 to 256", where));
+      }
+      stored.weight = weight->value.GetUint();
+    }
     if (const auto check = server.FindMember("check"); check != server.MemberEnd()) {
       if (!check->value.IsObject()) {
         fail(path, fmt::format("{}.check: expected an object, got {}", where, type_name(check->value)));
@@ -201,6 +207,10 @@ std::string serialize_state(const std::vector<StoredBackend>& backends) {
     if (!backends[i].check.empty()) {
       writer.Key("check");
       checks[i].Accept(writer);
+    }
+    if (backends[i].weight != 1) {
+      writer.Key("weight");
+      writer.Uint(backends[i].weight);
     }
     writer.EndObject();
   }
@@ -297,7 +307,7 @@ void StateFile::start() {
     std::error_code ec;
     const auto address = parse_backend_url(entry.url, ec);
     if (!address) fail(path_, fmt::format("invalid backend URL {}", quoted(entry.url)));
-    pool_.add(*address, std::move(entry.check));
+    pool_.add(*address, std::move(entry.check), entry.weight);
   }
   // Subscribed before the first write: a change made meanwhile is either in that write's
   // Pool::list() or triggers a write of its own after it.
@@ -320,7 +330,10 @@ std::string StateFile::last_error() const {
 
 void StateFile::on_event(const PoolEvent& event) {
   // Health state is not persisted: a restarted weldr checks its backends afresh.
-  if (event.kind != PoolEvent::Kind::added && event.kind != PoolEvent::Kind::removed) return;
+  if (event.kind != PoolEvent::Kind::added && event.kind != PoolEvent::Kind::removed &&
+      event.kind != PoolEvent::Kind::reweighted) {
+    return;
+  }
   try {
     save();
   } catch (const std::exception& e) {
@@ -337,7 +350,8 @@ void StateFile::save() {
   std::vector<StoredBackend> backends;
   for (const auto& backend : pool_.list()) {
     // A removed backend drains for a while; it must not come back after a restart.
-    if (backend->state() != BackendState::draining) backends.push_back({backend->url(), backend->check()});
+    if (backend->state() != BackendState::draining)
+      backends.push_back({backend->url(), backend->check(), backend->weight()});
   }
   save_state_file(path_, backends);
   bool recovered = false;

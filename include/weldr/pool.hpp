@@ -63,8 +63,8 @@ class Backend {
   [[nodiscard]] const BackendAddress& address() const noexcept { return address_; }
   /// Its own health-check settings as a JSON object text, or "" (fixed at registration).
   [[nodiscard]] const std::string& check() const noexcept { return check_; }
-  /// Its weight, 1..256: its share of traffic relative to the others (fixed at registration).
-  [[nodiscard]] unsigned weight() const noexcept { return weight_; }
+  /// Its weight, 1..256: its share of traffic relative to the others (Pool::set_weight).
+  [[nodiscard]] unsigned weight() const noexcept { return weight_.load(std::memory_order_relaxed); }
   /// A hash of its id, for the hash policy.
   [[nodiscard]] std::uint64_t id_hash() const noexcept { return id_hash_; }
   /// Time from sending a request to receiving the whole response, for successful requests.
@@ -112,7 +112,7 @@ class Backend {
   BackendAddress address_;
   std::string id_;
   std::string check_;
-  unsigned weight_;
+  std::atomic<unsigned> weight_;
   std::uint64_t id_hash_;
   LatencyHistogram latency_;
   std::atomic<BackendState> state_{BackendState::active};
@@ -140,6 +140,7 @@ struct PoolEvent {
     state_changed,  ///< set_state() changed it (active <-> down)
     ejected,        ///< outlier detection took it out of rotation
     returned,       ///< it came back from an ejection (reinstate())
+    reweighted,     ///< set_weight() changed its weight
   };
   Kind kind;                         ///< what happened
   std::shared_ptr<Backend> backend;  ///< to whom
@@ -178,6 +179,8 @@ class Pool {
   /// Starts draining the backend with this id: no new picks; it leaves the pool once its
   /// in-flight requests finish. False when no such (non-draining) backend exists.
   bool remove(std::string_view id);
+  /// Changes the weight of a backend (clamped to 1..256); false when unknown or draining.
+  bool set_weight(std::string_view id, unsigned weight);
   /// Sets the state of a backend (used by health checks); false when unknown or draining.
   bool set_state(std::string_view id, BackendState state);
 

@@ -12,10 +12,11 @@
 
 namespace weldr {
 
-/// One registration as stored: the backend URL and its own health-check settings.
+/// One registration as stored: the backend URL, its own health-check settings and its weight.
 struct StoredBackend {
-  std::string url;    ///< As registered, e.g. "http://127.0.0.1:9001".
-  std::string check;  ///< Its health-check settings as a compact JSON object text, or "" for none.
+  std::string url;     ///< As registered, e.g. "http://127.0.0.1:9001".
+  std::string check;   ///< Its health-check settings as a compact JSON object text, or "" for none.
+  unsigned weight{1};  ///< Its weight, 1..256 (written only when not 1).
 
   /// Equal when both fields are.
   friend bool operator==(const StoredBackend&, const StoredBackend&) = default;

@@ -69,12 +69,22 @@ class Stats {
   }
   /// Requests to origins that failed or got a 5xx.
   [[nodiscard]] std::uint64_t server_failed() const noexcept { return server_failed_.load(std::memory_order_relaxed); }
+  /// Counts a retry that went out (`sent`) or that the retry budget refused.
+  void retry(bool sent) noexcept { (sent ? retries_ : retries_denied_).fetch_add(1, std::memory_order_relaxed); }
+  /// Requests tried again on another backend.
+  [[nodiscard]] std::uint64_t retries() const noexcept { return retries_.load(std::memory_order_relaxed); }
+  /// Retries that the retry budget refused.
+  [[nodiscard]] std::uint64_t retries_denied() const noexcept {
+    return retries_denied_.load(std::memory_order_relaxed);
+  }
 
  private:
   std::atomic<std::uint64_t> client_success_{0};
   std::atomic<std::uint64_t> client_failed_{0};
   std::atomic<std::uint64_t> server_success_{0};
   std::atomic<std::uint64_t> server_failed_{0};
+  std::atomic<std::uint64_t> retries_{0};
+  std::atomic<std::uint64_t> retries_denied_{0};
 };
 
 }  // namespace weldr

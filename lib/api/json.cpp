@@ -78,6 +78,19 @@ void write_server(Writer& w, const Backend& b, const HealthChecker* health) {
   string(w, b.url());
   key(w, "state");
   string(w, to_string(b.state()));
+  key(w, "weight");
+  w.Uint(b.weight());
+  key(w, "outlier");
+  w.StartObject();
+  key(w, "ejected");
+  w.Bool(b.ejected());
+  key(w, "ejected_for_ms");
+  w.Int64(b.ejection_left().count());
+  key(w, "ejections");
+  w.Uint64(b.ejections());
+  key(w, "consecutive_failures");
+  w.Uint(b.consecutive_failures());
+  w.EndObject();
   key(w, "counters");
   w.StartObject();
   key(w, "requests");
@@ -90,6 +103,8 @@ void write_server(Writer& w, const Backend& b, const HealthChecker* health) {
   w.Uint64(b.active_requests());
   key(w, "active_connections");
   w.Int64(b.active_connections());
+  key(w, "latency_ewma_ms");
+  w.Double(b.latency_ewma() * 1000.0);
   w.EndObject();
   if (health != nullptr) {
     if (const auto status = health->status(b.id())) write_health(w, *status);
@@ -190,7 +205,14 @@ std::optional<Registration> parse_registration(std::string_view body, std::strin
         "invalid server URL \"{}\": use http://IP:PORT or IP:PORT with an IP address and a port 1-65535", text);
     return std::nullopt;
   }
-  Registration out{*address, {}};
+  Registration out{*address, {}, 1};
+  if (const auto weight = doc.FindMember("weight"); weight != doc.MemberEnd()) {
+    if (!weight->value.IsUint() || weight->value.GetUint() < 1 || weight->value.GetUint() > 256) {
+      error = "\"weight\" must be an integer from 1 to 256";
+      return std::nullopt;
+    }
+    out.weight = weight->value.GetUint();
+  }
   if (const auto check = doc.FindMember("check"); check != doc.MemberEnd()) {
     if (!check->value.IsObject()) {
       error = "\"check\" must be an object";
@@ -296,6 +318,13 @@ std::string stats_json(const Stats& stats) {
   key(w, "failed");
   w.Uint64(stats.server_failed());
   w.EndObject();
+  key(w, "retries");
+  w.StartObject();
+  key(w, "sent");
+  w.Uint64(stats.retries());
+  key(w, "denied");
+  w.Uint64(stats.retries_denied());
+  w.EndObject();
   w.EndObject();
   return done(buffer);
 }
@@ -353,6 +382,18 @@ std::string metrics_text(const Stats& stats, const std::vector<std::shared_ptr<B
                  "weldr_server_requests_total{{result=\"success\"}} {}\n"
                  "weldr_server_requests_total{{result=\"failed\"}} {}\n",
                  stats.client_success(), stats.client_failed(), stats.server_success(), stats.server_failed());
+  fmt::format_to(it,
+                 "# HELP weldr_retries_total Requests tried again on another origin server, by whether the retry "
+                 "budget allowed it.\n"
+                 "# TYPE weldr_retries_total counter\n"
+                 "weldr_retries_total{{result=\"sent\"}} {}\n"
+                 "weldr_retries_total{{result=\"denied\"}} {}\n",
+                 stats.retries(), stats.retries_denied());
+  out +=
+      "# HELP weldr_backend_ejections_total Times outlier detection ejected one origin server.\n"
+      "# TYPE weldr_backend_ejections_total counter\n";
+  for (const auto& b : backends)
+    fmt::format_to(it, "weldr_backend_ejections_total{{backend=\"{}\"}} {}\n", label(b->id()), b->ejections());
   out +=
       "# HELP weldr_backend_requests_total Requests sent to one origin server, by result.\n"
       "# TYPE weldr_backend_requests_total counter\n";
@@ -362,7 +403,8 @@ std::string metrics_text(const Stats& stats, const std::vector<std::shared_ptr<B
     fmt::format_to(it, "weldr_backend_requests_total{{backend=\"{}\",result=\"failed\"}} {}\n", id, b->failures());
   }
   out +=
-      "# HELP weldr_backend_up Whether an origin server receives new requests (1) or not (down or draining, 0).\n"
+      "# HELP weldr_backend_up Whether an origin server receives new requests (1) or not (down, ejected or draining, "
+      "0).\n"
       "# TYPE weldr_backend_up gauge\n";
   for (const auto& b : backends)
     fmt::format_to(it, "weldr_backend_up{{backend=\"{}\"}} {}\n", label(b->id()), b->usable() ? 1 : 0);

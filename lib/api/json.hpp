@@ -17,11 +17,12 @@ namespace weldr::api {
 struct Registration {
   BackendAddress address;
   std::string check;  ///< the "check" object re-serialised, or "" when absent
+  unsigned weight{1};  ///< "weight", 1..256
 };
 
 /// Parses a registration in any of the accepted shapes: {"url": "http://IP:PORT"},
 /// {"url": "IP:PORT"} or {"ip": "IP", "port": "PORT" | PORT}, each with an optional "check"
-/// object. On failure returns nothing and sets `error` to what is wrong.
+/// object and an optional "weight" (an integer 1..256). On failure returns nothing and sets `error` to what is wrong.
 std::optional<Registration> parse_registration(std::string_view body, std::string& error);
 
 /// The id for the path /servers/IP/PORT, or nothing (with `error`) when IP or PORT is invalid.

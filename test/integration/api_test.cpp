@@ -299,7 +299,7 @@ Counts stats_of(const Harness& h) {
   REQUIRE(r.status == 200);
   const auto doc = json_of(r);
   REQUIRE(doc.IsObject());
-  REQUIRE(doc.MemberCount() == 2);
+  REQUIRE(doc.MemberCount() == 3);
   const auto& client = member(doc, "client");
   const auto& server = member(doc, "server");
   REQUIRE(client.IsObject());

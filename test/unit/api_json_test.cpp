@@ -45,6 +45,18 @@ TEST_CASE("registration: the check object is kept, compact", "[api]") {
   CHECK(r->check == R"({"type":"http","path":"/health"})");
 }
 
+TEST_CASE("registration: weight is optional, 1 by default, 1..256", "[api]") {
+  std::string error;
+  auto plain = parse_registration(R"({"url": "127.0.0.1:1"})", error);
+  REQUIRE(plain);
+  CHECK(plain->weight == 1);
+  auto heavy = parse_registration(R"({"url": "127.0.0.1:1", "weight": 256})", error);
+  REQUIRE(heavy);
+  CHECK(heavy->weight == 256);
+  CHECK_FALSE(parse_registration(R"({"url": "127.0.0.1:1", "weight": 0})", error));
+  CHECK(error == "\"weight\" must be an integer from 1 to 256");
+}
+
 TEST_CASE("registration: every bad input has a message", "[api]") {
   const char* bad[] = {
       "",
@@ -69,6 +81,11 @@ TEST_CASE("registration: every bad input has a message", "[api]") {
       R"({"url": "127.0.0.1:1", "ip": "127.0.0.1", "port": 1})",
       R"({"url": "127.0.0.1:1", "check": "http"})",
       R"({"url": "127.0.0.1:1", "check": {"type": "udp"}})",
+      R"({"url": "127.0.0.1:1", "weight": 0})",
+      R"({"url": "127.0.0.1:1", "weight": 257})",
+      R"({"url": "127.0.0.1:1", "weight": -1})",
+      R"({"url": "127.0.0.1:1", "weight": 1.5})",
+      R"({"url": "127.0.0.1:1", "weight": "2"})",
   };
   for (const char* body : bad) {
     INFO(body);
@@ -104,6 +121,12 @@ TEST_CASE("server, stats and error JSON shapes", "[api]") {
   CHECK(std::string(server["state"].GetString()) == "active");
   CHECK(server["counters"]["success"].GetUint64() == 1);
   CHECK(std::string(server["check"]["type"].GetString()) == "tcp");
+  CHECK(server["weight"].GetUint() == 1);
+  CHECK(server["outlier"]["ejected"].GetBool() == false);
+  CHECK(server["outlier"]["ejections"].GetUint64() == 0);
+  CHECK(server["outlier"]["consecutive_failures"].GetUint() == 0);
+  CHECK(server["outlier"]["ejected_for_ms"].GetInt64() == 0);
+  CHECK(server["counters"]["latency_ewma_ms"].IsNumber());
   CHECK(std::string(server["links"][1]["href"].GetString()) == "/servers/127.0.0.1/9001");
   CHECK(std::string(server["links"][1]["method"].GetString()) == "DELETE");
 
@@ -112,11 +135,18 @@ TEST_CASE("server, stats and error JSON shapes", "[api]") {
   stats.client_result(false);
   stats.server_result(true);
   auto s = parse(weldr::api::stats_json(stats));
-  CHECK(s.MemberCount() == 2);
+  CHECK(s.MemberCount() == 3);
   CHECK(s["client"]["success"].GetUint64() == 1);
   CHECK(s["client"]["failed"].GetUint64() == 1);
   CHECK(s["server"]["success"].GetUint64() == 1);
   CHECK(s["server"]["failed"].GetUint64() == 0);
+  CHECK(s["retries"]["sent"].GetUint64() == 0);
+  stats.retry(true);
+  stats.retry(false);
+  stats.retry(false);
+  auto r = parse(weldr::api::stats_json(stats));
+  CHECK(r["retries"]["sent"].GetUint64() == 1);
+  CHECK(r["retries"]["denied"].GetUint64() == 2);
 
   auto detail = parse(weldr::api::stats_detail_json(pool.list()));
   REQUIRE(detail.IsArray());
