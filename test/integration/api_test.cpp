@@ -848,6 +848,31 @@ TEST_CASE("registrations through the API are kept in the state file", "[integrat
     CHECK(weldr::load_state_file(path).empty());
   }
 
+  SECTION("a weight is registered, changed by registering again, and kept in the file") {
+    Harness h(Setup{.state_path = path});
+    const std::string url = origin.endpoint_url();
+    const Response created = h.post(R"({"url": ")" + url + R"(", "weight": 3})");
+    INFO(created.describe() << " body: " << created.body);
+    REQUIRE(created.status == 201);
+    CHECK(json_of(created)["weight"].GetUint() == 3);
+    REQUIRE(weldr::load_state_file(path).size() == 1);
+    CHECK(weldr::load_state_file(path)[0].weight == 3);
+
+    const Response same = h.post(R"({"url": ")" + url + R"(", "weight": 3})");
+    CHECK(same.status == 200);
+    const Response changed = h.post(R"({"url": ")" + url + R"(", "weight": 7})");
+    INFO(changed.describe() << " body: " << changed.body);
+    REQUIRE(changed.status == 200);
+    CHECK(json_of(changed)["weight"].GetUint() == 7);
+    CHECK(h.pool().find(origin.id())->weight() == 7);
+    CHECK(weldr::load_state_file(path)[0].weight == 7);
+    CHECK(json_of(h.get(server_path(origin.port())))["weight"].GetUint() == 7);
+
+    const Response bad = h.post(R"({"url": ")" + url + R"(", "weight": 0})");
+    check_error(bad, 400);
+    CHECK(h.pool().find(origin.id())->weight() == 7);
+  }
+
   SECTION("a state file that cannot be written gives 500, and the server is registered all the same") {
     Harness h(Setup{.state_path = path});
     // Its directory goes away: the next write cannot create its temporary file.

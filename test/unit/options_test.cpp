@@ -85,6 +85,45 @@ TEST_CASE("defaults and flags", "[cli]") {
   CHECK(r.options->health.type == weldr::HealthCheckOptions::Type::tcp);
 }
 
+TEST_CASE("balancing, outlier detection, slow start and retry budget flags", "[cli]") {
+  auto r = parse({});
+  REQUIRE(r.options);
+  CHECK(r.options->balance == "round_robin");
+  CHECK(r.options->slow_start == 0ms);
+  CHECK(r.options->outlier.consecutive_failures == 5);
+  CHECK(r.options->outlier.base_ejection_time == 30s);
+  CHECK(r.options->outlier.max_ejection_time == 300s);
+  CHECK(r.options->outlier.max_ejection_percent == 50);
+  CHECK(r.options->proxy.retry_budget_percent == 20);
+  CHECK(r.options->proxy.hash_key.source == weldr::HashKey::Source::client_ip);
+
+  r = parse({"--balance", "hash", "--hash-key", "cookie:session", "--slow-start", "30s", "--outlier-failures", "3",
+             "--outlier-base-time", "10s", "--outlier-max-time", "2m", "--outlier-max-percent", "30", "--retry-budget",
+             "50"});
+  REQUIRE(r.options);
+  CHECK(r.options->balance == "hash");
+  CHECK(r.options->proxy.hash_key.source == weldr::HashKey::Source::cookie);
+  CHECK(r.options->proxy.hash_key.name == "session");
+  CHECK(r.options->slow_start == 30s);
+  CHECK(r.options->outlier.consecutive_failures == 3);
+  CHECK(r.options->outlier.base_ejection_time == 10s);
+  CHECK(r.options->outlier.max_ejection_time == 120s);
+  CHECK(r.options->outlier.max_ejection_percent == 30);
+  CHECK(r.options->proxy.retry_budget_percent == 50);
+
+  for (const char* policy : {"round_robin", "least_conn", "p2c", "random"}) {
+    INFO(policy);
+    r = parse({"--balance", policy});
+    REQUIRE(r.options);
+    CHECK(r.options->balance == policy);
+  }
+  r = parse({"--hash-key", "header:X-User", "--outlier-failures", "0"});
+  REQUIRE(r.options);
+  CHECK(r.options->proxy.hash_key.source == weldr::HashKey::Source::header);
+  CHECK(r.options->proxy.hash_key.name == "X-User");
+  CHECK(r.options->outlier.consecutive_failures == 0);
+}
+
 TEST_CASE("bad input is one line and exit code 2", "[cli]") {
   for (auto args : std::vector<std::vector<const char*>>{{"--ip", "nowhere"},
                                                          {"--server", "https://1.2.3.4:1"},
@@ -94,6 +133,14 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
                                                          {"--retries", "11"},
                                                          {"--health-failures", "0"},
                                                          {"--health-type", "udp"},
+                                                         {"--balance", "fastest"},
+                                                         {"--hash-key", "url"},
+                                                         {"--hash-key", "header:"},
+                                                         {"--slow-start", "soon"},
+                                                         {"--outlier-failures", "-1"},
+                                                         {"--outlier-base-time", "0s"},
+                                                         {"--outlier-max-percent", "101"},
+                                                         {"--retry-budget", "200"},
                                                          {"--bogus"}}) {
     auto r = parse(args);
     INFO(args[0]);

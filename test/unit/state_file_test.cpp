@@ -146,6 +146,14 @@ TEST_CASE("a state file round-trips registrations with and without a check", "[s
   save_state_file(path, {});
   CHECK(load_state_file(path).empty());
   CHECK(read_text(path) == "{\n  \"version\": 1,\n  \"servers\": []\n}\n");
+
+  // A weight other than 1 is written; 1 is the default and left out.
+  const std::vector<StoredBackend> weighted{{"http://127.0.0.1:9001", "", 5}, {"http://127.0.0.1:9002", "", 1}};
+  save_state_file(path, weighted);
+  CHECK(load_state_file(path) == weighted);
+  CHECK(read_text(path) ==
+        "{\n  \"version\": 1,\n  \"servers\": [\n    {\n      \"url\": \"http://127.0.0.1:9001\",\n      \"weight\": "
+        "5\n    },\n    {\n      \"url\": \"http://127.0.0.1:9002\"\n    }\n  ]\n}\n");
 }
 
 TEST_CASE("a check is stored compactly whatever its spelling in the file", "[state]") {
@@ -194,6 +202,10 @@ TEST_CASE("a corrupt state file throws StateFileError saying where and what", "[
       {"server not an object", R"({"version": 1, "servers": ["http://127.0.0.1:9001"]})",
        "servers[0]: expected an object, got a string"},
       {"url missing", R"({"version": 1, "servers": [{"check": {}}]})", "servers[0]: missing \"url\""},
+      {"weight zero", R"({"version": 1, "servers": [{"url": "http://127.0.0.1:1", "weight": 0}]})",
+       "servers[0].weight: expected an integer from 1 to 256"},
+      {"weight not a number", R"({"version": 1, "servers": [{"url": "http://127.0.0.1:1", "weight": "2"}]})",
+       "servers[0].weight: expected an integer from 1 to 256"},
       {"url not a string", R"({"version": 1, "servers": [{"url": 9001}]})",
        "servers[0].url: expected a string, got a number"},
       {"invalid URL",
@@ -272,7 +284,7 @@ TEST_CASE("save_state_file leaves the old file intact when it fails", "[state]")
 TEST_CASE("StateFile::start loads the file and then keeps it in step with the pool", "[state]") {
   TempDir dir;
   const std::string path = dir.file("state.json");
-  save_state_file(path, {{"http://127.0.0.1:9001", ""}, {"http://127.0.0.1:9002", R"({"type":"tcp"})"}});
+  save_state_file(path, {{"http://127.0.0.1:9001", ""}, {"http://127.0.0.1:9002", R"({"type":"tcp"})", 4}});
 
   Pool pool;
   StateFile state(pool, path);
@@ -282,11 +294,12 @@ TEST_CASE("StateFile::start loads the file and then keeps it in step with the po
   REQUIRE(pool.find("127.0.0.1:9002"));
   CHECK(pool.find("127.0.0.1:9002")->check() == R"({"type":"tcp"})");
   CHECK(pool.find("127.0.0.1:9001")->check().empty());
+  CHECK(pool.find("127.0.0.1:9002")->weight() == 4);
 
   CHECK(pool.add(address("127.0.0.1:9003"), R"({"type":"http","path":"/health"})"));
   CHECK(load_state_file(path) ==
         std::vector<StoredBackend>{{"http://127.0.0.1:9001", ""},
-                                   {"http://127.0.0.1:9002", R"({"type":"tcp"})"},
+                                   {"http://127.0.0.1:9002", R"({"type":"tcp"})", 4},
                                    {"http://127.0.0.1:9003", R"({"type":"http","path":"/health"})"}});
 
   CHECK(pool.remove("127.0.0.1:9001"));
@@ -295,6 +308,11 @@ TEST_CASE("StateFile::start loads the file and then keeps it in step with the po
   CHECK(pool.add("http://127.0.0.1:9001"));
   CHECK(urls_in(path) ==
         std::vector<std::string>{"http://127.0.0.1:9002", "http://127.0.0.1:9003", "http://127.0.0.1:9001"});
+
+  // A weight change is saved.
+  CHECK(pool.set_weight("127.0.0.1:9002", 2));
+  CHECK(load_state_file(path)[0].weight == 2);
+  CHECK(pool.set_weight("127.0.0.1:9002", 4));
 
   // Health state is not persisted.
   const std::string before = read_text(path);
