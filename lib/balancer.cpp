@@ -138,17 +138,38 @@ class RoundRobin final : public Balancer {
   std::atomic<std::uint64_t> cursor_{0};
 };
 
+/// A backend in slow start accepts being chosen with probability warmth(): at light load the
+/// load-based policies would otherwise never choose a backend whose weight is scaled down.
+bool declines(const Candidates& c, std::size_t i) noexcept {
+  const double warmth = c.warmth(i);
+  return warmth < 1.0 && Candidates::random_unit() >= warmth;
+}
+
 /// Fewest requests in flight relative to weight; ties take turns (round robin among them).
 class LeastConn final : public Balancer {
  public:
   std::string_view name() const noexcept override { return "least_conn"; }
 
   std::size_t pick(const Candidates& c, const PickContext&) override {
+    // One turn per pick, also for the second choice, so that declines do not skew the turns.
+    const std::uint64_t turn = turn_.fetch_add(1, std::memory_order_relaxed);
+    const std::size_t chosen = least_loaded(c, none, turn);
+    if (chosen == none || !declines(c, chosen)) return chosen;
+    const std::size_t other = least_loaded(c, chosen, turn);
+    return other == none ? chosen : other;
+  }
+
+ private:
+  static double load_of(const Candidates& c, std::size_t i) noexcept {
+    return static_cast<double>(c[i].active_requests() + 1) / c.static_weight(i);
+  }
+
+  static std::size_t least_loaded(const Candidates& c, std::size_t skip, std::uint64_t turn) {
     // First the lowest load and how many share it, then the turn-th of those.
     double best_load = 0;
     std::uint64_t ties = 0;
     for (std::size_t i = 0; i < c.size(); ++i) {
-      if (!c.eligible(i)) continue;
+      if (i == skip || !c.eligible(i)) continue;
       const double load = load_of(c, i);
       if (ties == 0 || load < best_load) {
         best_load = load;
@@ -158,22 +179,17 @@ class LeastConn final : public Balancer {
       }
     }
     if (ties == 0) return none;
-    std::uint64_t turn = turn_.fetch_add(1, std::memory_order_relaxed) % ties;
+    turn %= ties;
     for (std::size_t i = 0; i < c.size(); ++i) {
-      if (!c.eligible(i) || load_of(c, i) != best_load) continue;
+      if (i == skip || !c.eligible(i) || load_of(c, i) != best_load) continue;
       if (turn-- == 0) return i;
     }
     // In-flight counts moved between the two passes: the first backend at the lowest load now.
     std::size_t best = none;
     for (std::size_t i = 0; i < c.size(); ++i) {
-      if (c.eligible(i) && (best == none || load_of(c, i) < load_of(c, best))) best = i;
+      if (i != skip && c.eligible(i) && (best == none || load_of(c, i) < load_of(c, best))) best = i;
     }
     return best;
-  }
-
- private:
-  static double load_of(const Candidates& c, std::size_t i) noexcept {
-    return static_cast<double>(c[i].active_requests() + 1) / c.weight(i);
   }
 
   std::atomic<std::uint64_t> turn_{0};
@@ -190,7 +206,8 @@ const std::vector<std::size_t>& eligible_indices(const Candidates& c) {
 }
 
 /// Power of two choices: two distinct eligible backends at random; the one with the lower
-/// cost wins, cost = (requests in flight + 1) × latency average / weight.
+/// cost wins, cost = (requests in flight + 1) × latency average / weight (unless it is in slow
+/// start and declines).
 class PowerOfTwo final : public Balancer {
  public:
   std::string_view name() const noexcept override { return "p2c"; }
@@ -211,9 +228,10 @@ class PowerOfTwo final : public Balancer {
     if (lx == 0.0) lx = ly;
     if (ly == 0.0) ly = lx;
     if (lx == 0.0) lx = ly = 1.0;
-    const double cx = static_cast<double>(c[x].active_requests() + 1) * lx / c.weight(x);
-    const double cy = static_cast<double>(c[y].active_requests() + 1) * ly / c.weight(y);
-    return cy < cx ? y : x;
+    const double cx = static_cast<double>(c[x].active_requests() + 1) * lx / c.static_weight(x);
+    const double cy = static_cast<double>(c[y].active_requests() + 1) * ly / c.static_weight(y);
+    const std::size_t winner = cy < cx ? y : x;
+    return declines(c, winner) ? (winner == x ? y : x) : winner;
   }
 };
 
