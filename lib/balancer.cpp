@@ -138,14 +138,16 @@ class RoundRobin final : public Balancer {
   std::atomic<std::uint64_t> cursor_{0};
 };
 
-/// A backend in slow start accepts being chosen with probability warmth(): at light load the
-/// load-based policies would otherwise never choose a backend whose weight is scaled down.
-bool declines(const Candidates& c, std::size_t i) noexcept {
-  const double warmth = c.warmth(i);
-  return warmth < 1.0 && Candidates::random_unit() >= warmth;
+/// A backend in slow start accepts being chosen with probability warmth() / `reference` (the
+/// warmth of the best alternative): at light load the load-based policies would otherwise never
+/// choose a backend whose weight is scaled down, and backends equally cold (all of them, just
+/// after a start) decline nothing among themselves.
+bool declines(double warmth, double reference) noexcept {
+  return warmth < reference && Candidates::random_unit() * reference >= warmth;
 }
 
-/// Fewest requests in flight relative to weight; ties take turns (round robin among them).
+/// Fewest requests in flight relative to weight (nginx's least_conn); ties take turns in
+/// proportion to their weights.
 class LeastConn final : public Balancer {
  public:
   std::string_view name() const noexcept override { return "least_conn"; }
@@ -154,35 +156,40 @@ class LeastConn final : public Balancer {
     // One turn per pick, also for the second choice, so that declines do not skew the turns.
     const std::uint64_t turn = turn_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t chosen = least_loaded(c, none, turn);
-    if (chosen == none || !declines(c, chosen)) return chosen;
+    if (chosen == none) return none;
+    const double warmth = c.warmth(chosen);
+    if (warmth >= 1.0) return chosen;
     const std::size_t other = least_loaded(c, chosen, turn);
-    return other == none ? chosen : other;
+    if (other == none || !declines(warmth, c.warmth(other))) return chosen;
+    return other;
   }
 
  private:
   static double load_of(const Candidates& c, std::size_t i) noexcept {
-    return static_cast<double>(c[i].active_requests() + 1) / c.static_weight(i);
+    return static_cast<double>(c[i].active_requests()) / c.static_weight(i);
   }
 
   static std::size_t least_loaded(const Candidates& c, std::size_t skip, std::uint64_t turn) {
-    // First the lowest load and how many share it, then the turn-th of those.
+    // First the lowest load and the total weight of the backends that share it, then the
+    // turn-th of those counted by weight: at light load (all idle) weights are honoured.
     double best_load = 0;
-    std::uint64_t ties = 0;
+    std::uint64_t tie_weight = 0;
     for (std::size_t i = 0; i < c.size(); ++i) {
       if (i == skip || !c.eligible(i)) continue;
       const double load = load_of(c, i);
-      if (ties == 0 || load < best_load) {
+      if (tie_weight == 0 || load < best_load) {
         best_load = load;
-        ties = 1;
+        tie_weight = c.static_weight(i);
       } else if (load == best_load) {
-        ++ties;
+        tie_weight += c.static_weight(i);
       }
     }
-    if (ties == 0) return none;
-    turn %= ties;
+    if (tie_weight == 0) return none;
+    turn %= tie_weight;
     for (std::size_t i = 0; i < c.size(); ++i) {
       if (i == skip || !c.eligible(i) || load_of(c, i) != best_load) continue;
-      if (turn-- == 0) return i;
+      if (turn < c.static_weight(i)) return i;
+      turn -= c.static_weight(i);
     }
     // In-flight counts moved between the two passes: the first backend at the lowest load now.
     std::size_t best = none;
@@ -195,43 +202,52 @@ class LeastConn final : public Balancer {
   std::atomic<std::uint64_t> turn_{0};
 };
 
-/// Collects the eligible candidates into a per-thread vector (no allocation once warm).
-const std::vector<std::size_t>& eligible_indices(const Candidates& c) {
-  thread_local std::vector<std::size_t> indices;
-  indices.clear();
-  for (std::size_t i = 0; i < c.size(); ++i) {
-    if (c.eligible(i)) indices.push_back(i);
-  }
-  return indices;
-}
-
-/// Power of two choices: two distinct eligible backends at random; the one with the lower
-/// cost wins, cost = (requests in flight + 1) × latency average / weight (unless it is in slow
-/// start and declines).
+/// Power of two choices: two distinct eligible backends drawn at random in proportion to their
+/// weights; the one with the lower cost wins, cost = (requests in flight + 1) × latency
+/// average, and a tie goes to the first drawn (unless the winner is in slow start and declines).
 class PowerOfTwo final : public Balancer {
  public:
   std::string_view name() const noexcept override { return "p2c"; }
 
   std::size_t pick(const Candidates& c, const PickContext&) override {
-    const auto& indices = eligible_indices(c);
-    const std::size_t m = indices.size();
-    if (m == 0) return none;
-    if (m == 1) return indices[0];
-    const std::size_t a = Candidates::random() % m;
-    std::size_t b = Candidates::random() % (m - 1);
-    if (b >= a) ++b;
-    const std::size_t x = indices[a];
-    const std::size_t y = indices[b];
+    // The eligible candidates and their cumulative weights, per thread (no allocation once warm).
+    thread_local std::vector<std::pair<std::size_t, std::uint64_t>> eligible;
+    eligible.clear();
+    std::uint64_t total = 0;
+    for (std::size_t i = 0; i < c.size(); ++i) {
+      if (!c.eligible(i)) continue;
+      total += c.static_weight(i);
+      eligible.emplace_back(i, total);
+    }
+    if (eligible.empty()) return none;
+    if (eligible.size() == 1) return eligible[0].first;
+    const std::size_t a = draw(eligible, Candidates::random() % total);
+    // The second from the others: draw over the total less the first one's weight, skipping it.
+    const std::uint64_t first_weight = eligible[a].second - (a == 0 ? 0 : eligible[a - 1].second);
+    std::uint64_t r = Candidates::random() % (total - first_weight);
+    if (r >= eligible[a].second - first_weight) r += first_weight;
+    const std::size_t b = draw(eligible, r);
+    const std::size_t x = eligible[a].first;
+    const std::size_t y = eligible[b].first;
     double lx = c[x].latency_ewma();
     double ly = c[y].latency_ewma();
     // A backend without a measurement yet is taken to be as fast as the other one.
     if (lx == 0.0) lx = ly;
     if (ly == 0.0) ly = lx;
-    if (lx == 0.0) lx = ly = 1.0;
-    const double cx = static_cast<double>(c[x].active_requests() + 1) * lx / c.static_weight(x);
-    const double cy = static_cast<double>(c[y].active_requests() + 1) * ly / c.static_weight(y);
+    if (lx == 0.0) lx = ly = 1.0;  // neither measured: requests in flight alone decide
+    const double cx = static_cast<double>(c[x].active_requests() + 1) * lx;
+    const double cy = static_cast<double>(c[y].active_requests() + 1) * ly;
     const std::size_t winner = cy < cx ? y : x;
-    return declines(c, winner) ? (winner == x ? y : x) : winner;
+    const std::size_t loser = winner == x ? y : x;
+    return declines(c.warmth(winner), c.warmth(loser)) ? loser : winner;
+  }
+
+ private:
+  // The position whose cumulative weight first exceeds r.
+  static std::size_t draw(const std::vector<std::pair<std::size_t, std::uint64_t>>& eligible, std::uint64_t r) {
+    const auto it = std::upper_bound(eligible.begin(), eligible.end(), r,
+                                     [](std::uint64_t value, const auto& entry) { return value < entry.second; });
+    return static_cast<std::size_t>(it - eligible.begin());
   }
 };
 

@@ -309,7 +309,8 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
   const auto registration = api::parse_registration(body, error);
   if (!registration) return json_error(400, error);
   const std::string id = registration->address.id();
-  if (pool.add(registration->address, registration->check, registration->weight)) {
+  const unsigned weight = registration->weight;
+  if (pool.add(registration->address, registration->check, weight == 0 ? 1 : weight)) {
     detail::log(LogLevel::info, "server {} registered through the management API", id);
     const auto backend = pool.find(id);
     return after_change(json_reply(201, api::server_json(*backend, options.health_checker),
@@ -321,11 +322,11 @@ Reply detail::ManagementApiImpl::register_server(std::string_view content_type, 
   }
   if (!existing) return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
   // Registering again is harmless and is how a weight is changed at runtime.
-  if (existing->weight() != registration->weight) {
-    if (!pool.set_weight(id, registration->weight)) {
+  if (weight != 0 && existing->weight() != weight) {
+    if (!pool.set_weight(id, weight)) {
       return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
     }
-    detail::log(LogLevel::info, "server {}: weight set to {} through the management API", id, registration->weight);
+    detail::log(LogLevel::info, "server {}: weight set to {} through the management API", id, weight);
     return after_change(json_reply(200, api::server_json(*existing, options.health_checker)));
   }
   return json_reply(200, api::server_json(*existing, options.health_checker));

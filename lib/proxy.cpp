@@ -355,16 +355,6 @@ asio::awaitable<bool> Session::handle_request() {
   const auto received = clock_type::now();
   proxy_->retry_budget.on_request(received);
   for (unsigned attempt = 0; attempt <= opts_.retries && !forced_; ++attempt) {
-    if (attempt > 0) {
-      if (!proxy_->retry_budget.try_retry(clock_type::now())) {
-        ++proxy_->counters.retries_denied;
-        proxy_->stats.retry(false);
-        detail::log(LogLevel::debug, "client {}: retry budget spent, not retrying", client_address_);
-        break;
-      }
-      ++proxy_->counters.retries;
-      proxy_->stats.retry(true);
-    }
     // A retry goes to a backend not tried yet when there is one; else to any usable one.
     pick.exclude = tried_;
     pick.include_down = false;
@@ -379,6 +369,16 @@ asio::awaitable<bool> Session::handle_request() {
       backend = proxy_->pool.pick(pick);
     }
     if (!backend) break;
+    if (attempt > 0) {
+      if (!proxy_->retry_budget.try_retry(clock_type::now())) {
+        ++proxy_->counters.retries_denied;
+        proxy_->stats.retry(false);
+        detail::log(LogLevel::debug, "client {}: retry budget spent, not retrying", client_address_);
+        break;
+      }
+      ++proxy_->counters.retries;
+      proxy_->stats.retry(true);
+    }
     tried_.push_back(backend.get());
     proxy_->pool.begin_request(*backend);
     const auto started = clock_type::now();

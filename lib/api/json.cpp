@@ -104,7 +104,7 @@ void write_server(Writer& w, const Backend& b, const HealthChecker* health) {
   key(w, "active_connections");
   w.Int64(b.active_connections());
   key(w, "latency_ewma_ms");
-  w.Double(b.latency_ewma() * 1000.0);
+  w.Double(std::round(b.latency_ewma() * 1e6) / 1e3);  // milliseconds, to the microsecond
   w.EndObject();
   if (health != nullptr) {
     if (const auto status = health->status(b.id())) write_health(w, *status);
@@ -205,7 +205,7 @@ std::optional<Registration> parse_registration(std::string_view body, std::strin
         "invalid server URL \"{}\": use http://IP:PORT or IP:PORT with an IP address and a port 1-65535", text);
     return std::nullopt;
   }
-  Registration out{*address, {}, 1};
+  Registration out{*address, {}, 0};
   if (const auto weight = doc.FindMember("weight"); weight != doc.MemberEnd()) {
     if (!weight->value.IsUint() || weight->value.GetUint() < 1 || weight->value.GetUint() > 256) {
       error = "\"weight\" must be an integer from 1 to 256";

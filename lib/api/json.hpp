@@ -16,8 +16,8 @@ namespace weldr::api {
 /// A parsed POST /servers body.
 struct Registration {
   BackendAddress address;
-  std::string check;  ///< the "check" object re-serialised, or "" when absent
-  unsigned weight{1};  ///< "weight", 1..256
+  std::string check;   ///< the "check" object re-serialised, or "" when absent
+  unsigned weight{0};  ///< "weight", 1..256; 0 when not given (1 for a new server, unchanged for a known one)
 };
 
 /// Parses a registration in any of the accepted shapes: {"url": "http://IP:PORT"},

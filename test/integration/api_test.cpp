@@ -868,6 +868,11 @@ TEST_CASE("registrations through the API are kept in the state file", "[integrat
     CHECK(weldr::load_state_file(path)[0].weight == 7);
     CHECK(json_of(h.get(server_path(origin.port())))["weight"].GetUint() == 7);
 
+    // Registering again without a weight (an origin that restarts, say) keeps it.
+    const Response again = h.post(R"({"url": ")" + url + R"("})");
+    CHECK(again.status == 200);
+    CHECK(h.pool().find(origin.id())->weight() == 7);
+
     const Response bad = h.post(R"({"url": ")" + url + R"(", "weight": 0})");
     check_error(bad, 400);
     CHECK(h.pool().find(origin.id())->weight() == 7);

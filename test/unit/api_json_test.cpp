@@ -49,7 +49,7 @@ TEST_CASE("registration: weight is optional, 1 by default, 1..256", "[api]") {
   std::string error;
   auto plain = parse_registration(R"({"url": "127.0.0.1:1"})", error);
   REQUIRE(plain);
-  CHECK(plain->weight == 1);
+  CHECK(plain->weight == 0);  // not given: 1 for a new server, unchanged for a known one
   auto heavy = parse_registration(R"({"url": "127.0.0.1:1", "weight": 256})", error);
   REQUIRE(heavy);
   CHECK(heavy->weight == 256);

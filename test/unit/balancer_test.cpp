@@ -413,13 +413,20 @@ TEST_CASE("least_conn compares requests in flight relative to weight", "[balance
   add_backends(pool, {1, 2});
   auto light = pool.find(id_of(9001));
   auto heavy = pool.find(id_of(9002));
-  hold(pool, *light, 1);  // (1 + 1) / 1 = 2
-  hold(pool, *heavy, 2);  // (2 + 1) / 2 = 1.5
+  hold(pool, *light, 1);  // 1 / 1 = 1
+  hold(pool, *heavy, 1);  // 1 / 2 = 0.5
   for (int i = 0; i < 10; ++i)
     CHECK(pool.pick() == heavy);
-  hold(pool, *heavy, 2);  // (4 + 1) / 2 = 2.5
+  hold(pool, *heavy, 2);  // 3 / 2 = 1.5
   for (int i = 0; i < 10; ++i)
     CHECK(pool.pick() == light);
+  hold(pool, *light, 1);  // 2 / 1 = 2, heavy 1.5... and a tie goes by weight:
+  hold(pool, *heavy, 1);  // 4 / 2 = 2
+  std::map<std::string, int> ties;
+  for (int i = 0; i < 30; ++i)
+    ++ties[pool.pick()->id()];
+  CHECK(ties[id_of(9001)] == 10);
+  CHECK(ties[id_of(9002)] == 20);
 }
 
 TEST_CASE("least_conn holding requests ends up proportional to weights", "[balancer]") {
@@ -903,7 +910,7 @@ TEST_CASE("slow start off: a backend that was just up again gets its full share 
 
 TEST_CASE("slow start with every backend just added keeps the weights' proportions", "[balancer]") {
   // Every backend is equally cold: their relative weights are unchanged.
-  for (const std::string_view name : {"round_robin", "random"}) {
+  for (const std::string_view name : {"round_robin", "random", "least_conn", "p2c"}) {
     INFO("policy " << name);
     Pool pool;
     pool.set_balancer(weldr::make_balancer(name));
