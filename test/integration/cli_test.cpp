@@ -4,6 +4,7 @@
 #include "client.hpp"
 #include "process.hpp"
 
+#include <rapidjson/document.h>
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
@@ -293,4 +294,40 @@ TEST_CASE("weldr-cli: a corrupt state file stops the start with one clear line",
   CHECK(p.wait() == 1);
   CHECK(p.output().find("state file " + state) != std::string::npos);
   CHECK(p.output().find("listening") == std::string::npos);
+}
+
+TEST_CASE("weldr-cli: --balance hash --hash-key header:X-User keeps each user on one server", "[cli][e2e]") {
+  Process a({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto a_port = port_from_line(a.wait_for_line("listening on").value_or(""));
+  Process b({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto b_port = port_from_line(b.wait_for_line("listening on").value_or(""));
+  REQUIRE(a_port != 0);
+  REQUIRE(b_port != 0);
+  Process proxy({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--threads", "2", "--balance",
+                 "hash", "--hash-key", "header:X-User", "--server", "http://127.0.0.1:" + std::to_string(a_port),
+                 "--server", "http://127.0.0.1:" + std::to_string(b_port)});
+  const auto proxy_port = port_from_line(proxy.wait_for_line(" thread(s)").value_or(""));
+  const auto api_port = port_from_line(proxy.wait_for_line("management API listening on").value_or(""));
+  REQUIRE(proxy_port != 0);
+  REQUIRE(api_port != 0);
+
+  // Each request on a new connection, so that both worker threads take some.
+  constexpr int kRequests = 20;
+  for (int i = 0; i < kRequests; ++i) {
+    weldr::test::Client client(proxy_port);
+    const auto r = client.exchange(weldr::test::make_request("GET", "/", {}, "X-User: alice\r\n"));
+    REQUIRE(r.status == 200);
+  }
+  const auto detail = weldr::test::http_get(api_port, "/stats/detail");
+  REQUIRE(detail.status == 200);
+  rapidjson::Document doc;
+  doc.Parse(detail.body.data(), detail.body.size());
+  REQUIRE(doc.IsArray());
+  REQUIRE(doc.Size() == 2);
+  std::vector<std::uint64_t> requests;
+  for (const auto& server : doc.GetArray())
+    requests.push_back(server["requests"].GetUint64());
+  INFO(detail.body);
+  CHECK(std::max(requests[0], requests[1]) == kRequests);
+  CHECK(std::min(requests[0], requests[1]) == 0);
 }
