@@ -4,6 +4,7 @@
 
 #include "options.hpp"
 
+#include <weldr/access_log.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/management_api.hpp>
@@ -69,11 +70,23 @@ int main(int argc, char** argv) {
     if (!pool.add(url)) log_line(weldr::LogLevel::info, fmt::format("server {} is already registered", url));
   }
 
+  std::shared_ptr<weldr::AccessLog> access_log;
+  weldr::ProxyOptions proxy_options = options.proxy;
+  if (!options.access_log.empty()) {
+    try {
+      access_log = std::make_shared<weldr::AccessLog>(options.access_log, options.access_log_format);
+    } catch (const std::exception& e) {
+      log_line(weldr::LogLevel::error, e.what());
+      return 1;
+    }
+    proxy_options.hooks = access_log;  // one logger, shared by every worker (it locks)
+  }
+
   auto endpoint = *weldr::cli::parse_endpoint(options.listen);
   std::vector<std::unique_ptr<Worker>> workers;
   for (unsigned i = 0; i < options.threads; ++i) {
     auto worker = std::make_unique<Worker>();
-    worker->proxy = std::make_unique<weldr::Proxy>(worker->io, pool, stats, options.proxy);
+    worker->proxy = std::make_unique<weldr::Proxy>(worker->io, pool, stats, proxy_options);
     std::error_code ec;
     worker->proxy->listen(endpoint, ec);
     if (ec) {
@@ -119,6 +132,7 @@ int main(int argc, char** argv) {
   }
 
   asio::signal_set signals(control, SIGINT, SIGTERM);
+  asio::signal_set hangups(control, SIGHUP);
   std::atomic<unsigned> running{static_cast<unsigned>(workers.size())};
   bool stopping = false;
   std::function<void()> wait_signal = [&] {
@@ -137,7 +151,12 @@ int main(int argc, char** argv) {
         asio::post(w->io, [&, w = w.get()] {
           w->proxy->stop(options.shutdown_timeout, [&, w] {
             w->io.stop();
-            if (running.fetch_sub(1) == 1) asio::post(control, [&] { signals.cancel(); });
+            if (running.fetch_sub(1) == 1) {
+              asio::post(control, [&] {
+                signals.cancel();
+                hangups.cancel();
+              });
+            }
           });
         });
       }
@@ -145,6 +164,18 @@ int main(int argc, char** argv) {
     });
   };
   wait_signal();
+
+  // SIGHUP reopens the access log, for logrotate.
+  std::function<void()> wait_hangup = [&] {
+    hangups.async_wait([&](std::error_code ec, int) {
+      if (ec) return;
+      if (access_log && access_log->reopen()) {
+        log_line(weldr::LogLevel::info, fmt::format("access log {} reopened", access_log->path()));
+      }
+      wait_hangup();
+    });
+  };
+  wait_hangup();
 
   for (auto& w : workers) {
     w->thread = std::thread([w = w.get()] {

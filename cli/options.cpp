@@ -163,6 +163,11 @@ ParseResult parse_options(int argc, const char* const* argv) {
       ->capture_default_str();
   app.add_flag("--fail-open", o.proxy.fail_open,
                "When every server is down, keep sending to all of them instead of answering 503");
+  std::string access_log_format = "combined";
+  app.add_option("--access-log", o.access_log, "Write one line per request to this file (- for standard output)");
+  app.add_option("--access-log-format", access_log_format, "combined, common or json")
+      ->check(CLI::IsMember({"combined", "common", "json"}))
+      ->capture_default_str();
   app.add_option("--log-level", log_level, "error, warn, info or debug")
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
       ->capture_default_str();
@@ -195,6 +200,7 @@ ParseResult parse_options(int argc, const char* const* argv) {
     return result;
   }
   o.proxy.hash_key = *parse_hash_key(hash_key);
+  o.access_log_format = *parse_access_log_format(access_log_format);
   o.slow_start = *parse_duration(slow_start);
   o.outlier.base_ejection_time = *parse_duration(outlier_base);
   o.outlier.max_ejection_time = *parse_duration(outlier_max);

@@ -1,6 +1,7 @@
 #pragma once
 // weldr-cli's command line: parsing and validation, kept apart from main() so it can be tested.
 
+#include <weldr/access_log.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/pool.hpp>
@@ -16,19 +17,21 @@ namespace weldr::cli {
 
 /// Everything weldr-cli is configured with.
 struct Options {
-  std::string listen{"0.0.0.0:8080"};                 ///< --ip
-  std::string admin_listen{"127.0.0.1:8687"};         ///< --admin-ip
-  std::string admin_token;                            ///< --admin-token or WELDR_ADMIN_TOKEN
-  std::string state_file;                             ///< --state-file
-  std::vector<std::string> servers;                   ///< --server, repeatable
-  unsigned threads{0};                                ///< --threads; 0 means one per core
-  LogLevel log_level{LogLevel::info};                 ///< --log-level
-  std::chrono::milliseconds shutdown_timeout{30000};  ///< --shutdown-timeout
-  ProxyOptions proxy;                                 ///< timeouts and limits
-  HealthCheckOptions health;                          ///< --health-* (global health-check settings)
-  std::string balance{"round_robin"};                 ///< --balance
-  std::chrono::milliseconds slow_start{0};            ///< --slow-start; 0 means off
-  OutlierOptions outlier;                             ///< --outlier-*
+  std::string listen{"0.0.0.0:8080"};                            ///< --ip
+  std::string admin_listen{"127.0.0.1:8687"};                    ///< --admin-ip
+  std::string admin_token;                                       ///< --admin-token or WELDR_ADMIN_TOKEN
+  std::string state_file;                                        ///< --state-file
+  std::vector<std::string> servers;                              ///< --server, repeatable
+  unsigned threads{0};                                           ///< --threads; 0 means one per core
+  LogLevel log_level{LogLevel::info};                            ///< --log-level
+  std::chrono::milliseconds shutdown_timeout{30000};             ///< --shutdown-timeout
+  ProxyOptions proxy;                                            ///< timeouts and limits
+  HealthCheckOptions health;                                     ///< --health-* (global health-check settings)
+  std::string balance{"round_robin"};                            ///< --balance
+  std::chrono::milliseconds slow_start{0};                       ///< --slow-start; 0 means off
+  OutlierOptions outlier;                                        ///< --outlier-*
+  std::string access_log;                                        ///< --access-log: a path, "-" or "" for none
+  AccessLogFormat access_log_format{AccessLogFormat::combined};  ///< --access-log-format
 };
 
 /// Outcome of parsing: either options, or an exit code and what to print.

@@ -1,9 +1,11 @@
 #include <weldr/proxy.hpp>
 
 #include <weldr/error.hpp>
+#include <weldr/hooks.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/stats.hpp>
 
+#include "hooks_internal.hpp"
 #include "http/parser.hpp"
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
@@ -143,6 +145,7 @@ class Session : public std::enable_shared_from_this<Session> {
     client_address_ = ec ? std::string("unknown") : remote.address().to_string();
     client_wd_.watch(&client_);
     self_in_list_ = proxy_->sessions.insert(proxy_->sessions.end(), this);
+    hooks_ = opts_.hooks.get();
   }
 
   asio::awaitable<void> run();
@@ -183,6 +186,10 @@ class Session : public std::enable_shared_from_this<Session> {
 
   asio::awaitable<bool> serve_one();
   asio::awaitable<bool> handle_request();
+  asio::awaitable<bool> serve_request();
+  asio::awaitable<bool> send_local(const LocalResponse& response, bool close);
+  void begin_log() noexcept;
+  void finish_log(bool have_head);
   std::optional<std::uint64_t> request_key() const;
   asio::awaitable<Exchange> exchange(const std::shared_ptr<Backend>& backend);
   asio::awaitable<std::error_code> connect(const std::shared_ptr<Backend>& backend);
@@ -210,6 +217,24 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<std::string_view> scratch_;
   std::vector<asio::const_buffer> gather_;
   std::vector<const Backend*> tried_;
+
+  // Hooks (null without) and what they see of the current request.
+  ProxyHooks* hooks_{nullptr};
+  RequestContext context_;
+  detail::RequestView view_;
+  bool context_ready_{false};  // context_ describes the current request
+
+  // What on_log reports of the current request.
+  int status_sent_{0};
+  std::uint64_t bytes_out_{0};
+  std::uint64_t body_bytes_in_{0};
+  std::shared_ptr<Backend> last_backend_;
+  unsigned attempts_{0};
+  clock_type::time_point request_start_{};
+  std::chrono::system_clock::time_point request_wall_{};
+  clock_type::duration upstream_time_{};
+  std::string error_text_;
+  std::string head_copy_;  // the request head, once its body streams through in_
   std::unique_ptr<UpstreamConnection> up_;
   std::list<Session*>::iterator self_in_list_;
 
@@ -297,7 +322,9 @@ asio::awaitable<bool> Session::serve_one() {
         const bool too_big = req_.error() == errc::head_too_large || req_.error() == errc::too_many_headers;
         detail::log(LogLevel::debug, "client {}: bad request: {}", client_address_, req_.error_reason());
         const int status = too_big ? 431 : 400;
+        begin_log();
         co_await send_error(status, req_.error_reason(), true);
+        finish_log(false);
         co_return false;
       }
     }
@@ -306,7 +333,9 @@ asio::awaitable<bool> Session::serve_one() {
     if (ec) {
       if (client_wd_.expired(Watchdog::read) && in_.size() > 0) {
         ++proxy_->counters.requests;
+        begin_log();
         co_await send_error(408, "timed out reading the request head", true);
+        finish_log(false);
       }
       co_return false;  // end of stream, reset, idle timeout or stop: nothing to answer
     }
@@ -318,6 +347,80 @@ asio::awaitable<bool> Session::serve_one() {
 }
 
 asio::awaitable<bool> Session::handle_request() {
+  begin_log();
+  const bool next = co_await serve_request();
+  finish_log(true);
+  context_ready_ = false;
+  co_return next;
+}
+
+void Session::begin_log() noexcept {
+  view_.base = nullptr;
+  status_sent_ = 0;
+  bytes_out_ = 0;
+  body_bytes_in_ = 0;
+  last_backend_.reset();
+  attempts_ = 0;
+  upstream_time_ = {};
+  error_text_.clear();
+  if (hooks_ != nullptr) {
+    request_start_ = clock_type::now();
+    request_wall_ = std::chrono::system_clock::now();
+  }
+}
+
+void Session::finish_log(bool have_head) {
+  if (hooks_ == nullptr) return;
+  RequestLog log;
+  log.client_address = client_address_;
+  if (have_head) {
+    const char* base = view_.base != nullptr ? view_.base : in_.data();
+    const http::Head& head = req_.head();
+    log.method = head.method_name.view(base);
+    log.target = head.target.view(base);
+    log.http_minor = head.http_minor;
+    for (const auto& field : head.fields) {
+      const std::string_view name = field.name.view(base);
+      if (log.host.empty() && http::iequals(name, "host")) log.host = field.value.view(base);
+      if (log.user_agent.empty() && http::iequals(name, "user-agent")) log.user_agent = field.value.view(base);
+      if (log.referer.empty() && http::iequals(name, "referer")) log.referer = field.value.view(base);
+    }
+  }
+  log.status = status_sent_;
+  log.request_body_bytes = body_bytes_in_;
+  log.response_bytes = bytes_out_;
+  if (last_backend_) log.backend = last_backend_->id();
+  log.attempts = attempts_;
+  log.started = request_wall_;
+  log.duration = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - request_start_);
+  log.upstream_time = std::chrono::duration_cast<std::chrono::microseconds>(upstream_time_);
+  log.error = error_text_;
+  try {
+    hooks_->on_log(log);
+  } catch (...) {
+    detail::log_exception(std::current_exception(), "on_log hook");
+  }
+}
+
+// A response from a hook (on_request), sent instead of forwarding the request.
+asio::awaitable<bool> Session::send_local(const LocalResponse& response, bool close) {
+  close = close || proxy_->stopping;
+  std::string out;
+  http::write_local_response(out, response, close, head_request_);
+  status_sent_ = http::local_response_status(response);
+  const bool ok = status_sent_ < 500;
+  if (ok) {
+    ++proxy_->counters.responses_ok;
+  } else {
+    ++proxy_->counters.responses_error;
+  }
+  proxy_->stats.client_result(ok);
+  const auto ec = co_await write_client({asio::buffer(out), asio::const_buffer{}});
+  const bool can_continue = !ec && !close;
+  co_return can_continue;
+}
+
+asio::awaitable<bool> Session::serve_request() {
   ++proxy_->counters.requests;
   const http::Head& head = req_.head();
   const char* base = in_.data();
@@ -343,30 +446,70 @@ asio::awaitable<bool> Session::handle_request() {
   const auto event = req_.feed(base, head_size_, in_.size() - head_size_, body_in_head_);
   if (event == http::Parser::Event::error) co_return co_await send_error(400, req_.error_reason(), true);
   request_done_ = event == http::Parser::Event::message;
+  body_bytes_in_ = body_in_head_;
 
-  head_out_.clear();
-  http::write_request_head(head_out_, base, head,
-                           {client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}}, scratch_);
+  bool hook_failed = false;
+  if (hooks_ != nullptr) {
+    view_ = {base, &head, client_address_};
+    view_.attach(context_);
+    context_ready_ = true;
+    std::optional<LocalResponse> local;
+    try {
+      local = hooks_->on_request(context_);
+    } catch (...) {
+      detail::log_exception(std::current_exception(), "on_request hook");
+      hook_failed = true;
+    }
+    if (local && !hook_failed) {
+      // The rest of an unread body cannot be skipped safely: the connection ends after it.
+      const bool close = !request_done_ || close_after_;
+      const bool keep = co_await send_local(*local, close);
+      if (keep && request_done_) in_.consume(head_size_ + body_in_head_);
+      const bool next = keep && !proxy_->stopping;
+      co_return next;
+    }
+  }
 
   Exchange last;
   PickContext pick;
-  if (proxy_->pool.balancer()->uses_key()) pick.key = request_key();
+  bool key_known = false;
+  Pool* pool = &proxy_->pool;
   tried_.clear();
   const auto received = clock_type::now();
   proxy_->retry_budget.on_request(received);
-  for (unsigned attempt = 0; attempt <= opts_.retries && !forced_; ++attempt) {
-    // A retry goes to a backend not tried yet when there is one; else to any usable one.
-    pick.exclude = tried_;
-    pick.include_down = false;
-    auto backend = proxy_->pool.pick(pick);
-    if (!backend && !tried_.empty()) {
-      pick.exclude = {};
-      backend = proxy_->pool.pick(pick);
+  for (unsigned attempt = 0; attempt <= opts_.retries && !forced_ && !hook_failed; ++attempt) {
+    std::shared_ptr<Backend> backend;
+    if (hooks_ != nullptr) {
+      detail::RequestView::set_attempt(context_, attempt);
+      BackendChoice choice;
+      try {
+        choice = hooks_->select_backend(context_);
+      } catch (...) {
+        detail::log_exception(std::current_exception(), "select_backend hook");
+        hook_failed = true;
+        break;
+      }
+      pool = choice.pool != nullptr ? choice.pool : &proxy_->pool;
+      backend = std::move(choice.backend);
     }
-    // Fail-open: with every backend down, trying them beats refusing everyone.
-    if (!backend && opts_.fail_open) {
-      pick.include_down = true;
-      backend = proxy_->pool.pick(pick);
+    if (!backend) {
+      if (!key_known && pool->balancer()->uses_key()) {
+        pick.key = request_key();
+        key_known = true;
+      }
+      // A retry goes to a backend not tried yet when there is one; else to any usable one.
+      pick.exclude = tried_;
+      pick.include_down = false;
+      backend = pool->pick(pick);
+      if (!backend && !tried_.empty()) {
+        pick.exclude = {};
+        backend = pool->pick(pick);
+      }
+      // Fail-open: with every backend down, trying them beats refusing everyone.
+      if (!backend && opts_.fail_open) {
+        pick.include_down = true;
+        backend = pool->pick(pick);
+      }
     }
     if (!backend) break;
     if (attempt > 0) {
@@ -379,8 +522,27 @@ asio::awaitable<bool> Session::handle_request() {
       ++proxy_->counters.retries;
       proxy_->stats.retry(true);
     }
+    if (attempt == 0 && hooks_ != nullptr) {
+      try {
+        hooks_->on_upstream_request(context_, *backend);
+      } catch (...) {
+        detail::log_exception(std::current_exception(), "on_upstream_request hook");
+        hook_failed = true;
+        break;
+      }
+    }
+    // Written for each attempt: a previous one may have used head_out_ for a response head.
+    head_out_.clear();
+    http::RequestRewrite rewrite{client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}};
+    if (hooks_ != nullptr) {
+      rewrite.target = context_.upstream_target();
+      rewrite.edits = &context_.upstream_headers();
+    }
+    http::write_request_head(head_out_, base, head, rewrite, scratch_);
     tried_.push_back(backend.get());
-    proxy_->pool.begin_request(*backend);
+    last_backend_ = backend;
+    ++attempts_;
+    pool->begin_request(*backend);
     const auto started = clock_type::now();
     response_head_at_ = {};
     last = co_await exchange(backend);
@@ -393,7 +555,8 @@ asio::awaitable<bool> Session::handle_request() {
     const bool ok = (last.failure == Failure::none || last.failure == Failure::client) && resp_.head().status < 500;
     const auto to_head =
         response_head_at_ == clock_type::time_point{} ? clock_type::duration::zero() : response_head_at_ - started;
-    proxy_->pool.end_request(*backend, ok, to_head);
+    pool->end_request(*backend, ok, to_head);
+    upstream_time_ = to_head;
     if (last.failure != Failure::client) proxy_->stats.server_result(ok);
     if (ok && response_done_) backend->latency().record(clock_type::now() - started);
     if (last.failure == Failure::none) break;
@@ -411,10 +574,17 @@ asio::awaitable<bool> Session::handle_request() {
   bool keep = false;
   int error_status = 0;
   std::string_view error_detail = last.detail;
+  if (hook_failed) {
+    last.failure = Failure::none;
+    response_done_ = false;
+  }
   switch (last.failure) {
     case Failure::none:
       if (response_done_) {
         keep = !close_after_ && request_done_ && !upgraded_;
+      } else if (hook_failed) {
+        error_status = 500;
+        error_detail = "a hook of the host failed";
       } else {
         error_status = 503;  // no usable backend at all
         error_detail = "no backend available";
@@ -437,6 +607,7 @@ asio::awaitable<bool> Session::handle_request() {
   } else if (error_status == 0) {
     ++proxy_->counters.responses_error;  // broken off: no answer of ours either
     proxy_->stats.client_result(false);
+    error_text_ = last.detail;
   }
   if (error_status != 0) {
     // Our answer ends the connection when the rest of the request body was never read.
@@ -538,6 +709,12 @@ asio::awaitable<Session::Exchange> Session::exchange(const std::shared_ptr<Backe
   } else {
     // From here on the body streams through and the request can no longer be retried.
     using namespace asio::experimental::awaitable_operators;
+    if (hooks_ != nullptr) {
+      // The body will reuse the buffer the head is in: hooks and the log keep a copy of it
+      // (spans are offsets from the start of the buffer, so they stay valid in the copy).
+      head_copy_.assign(in_.data(), head_size_);
+      view_.base = head_copy_.data();
+    }
     in_.consume(head_size_ + body_in_head_);
     head_size_ = body_in_head_ = 0;
     body_streamed_ = true;
@@ -587,6 +764,7 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
       abort_exchange();
       co_return;
     }
+    body_bytes_in_ += used;
     up_wd_.arm(Watchdog::write, opts_.send_timeout);
     auto [wec, written] = co_await asio::async_write(up_->socket, asio::buffer(in_.read_ptr(), used), use_nothrow);
     up_wd_.disarm(Watchdog::write);
@@ -698,9 +876,19 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
       dechunk = client_http10_ && head.chunked;
       if (resp_.needs_eof() || dechunk || proxy_->stopping) close_after_ = true;
 
+      http::ResponseRewrite rewrite{proxy_->via, close_after_, client_http10_, dechunk, upgraded_};
+      if (hooks_ != nullptr && context_ready_) {
+        detail::RequestView::set_response_status(context_, head.status);
+        try {
+          hooks_->on_response(context_);
+          rewrite.edits = &context_.response_headers();
+        } catch (...) {
+          detail::log_exception(std::current_exception(), "on_response hook");
+        }
+      }
+      status_sent_ = head.status;
       head_out_.clear();
-      http::write_response_head(head_out_, up_in_.data(), head,
-                                {proxy_->via, close_after_, client_http10_, dechunk, upgraded_}, scratch_);
+      http::write_response_head(head_out_, up_in_.data(), head, rewrite, scratch_);
       up_in_.consume(parsed);
       parsed = 0;
       // The head goes out together with the first body bytes below.
@@ -728,6 +916,7 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
       client_wd_.arm(Watchdog::write, opts_.send_timeout);
       auto [wec, n] = co_await asio::async_write(client_, gather_, use_nothrow);
       client_wd_.disarm(Watchdog::write);
+      bytes_out_ += n;
       response_started_ = true;
       if (wec) {
         fail(Failure::client, "client went away during the response");
@@ -803,6 +992,7 @@ asio::awaitable<std::error_code> Session::write_client(std::array<asio::const_bu
   client_wd_.arm(Watchdog::write, opts_.send_timeout);
   auto [ec, n] = co_await asio::async_write(client_, buffers, use_nothrow);
   client_wd_.disarm(Watchdog::write);
+  bytes_out_ += n;
   co_return ec;
 }
 
@@ -812,12 +1002,30 @@ asio::awaitable<bool> Session::send_error(int status, std::string_view body, boo
   ++proxy_->counters.responses_error;
   proxy_->stats.client_result(false);
   close = close || proxy_->stopping;
+  status_sent_ = status;
+  error_text_ = body;
   std::string out;
   std::string text(body);
   text.push_back('\n');
-  http::write_error_response(out, status, {}, text, close, extra_headers);
-  // A HEAD response announces the length of the body it does not carry.
-  if (head_request_) out.resize(out.size() - text.size());
+  if (hooks_ != nullptr) {
+    // The host may put its own error page in place of ours.
+    LocalResponse page{status, std::move(text), {{"Content-Type", "text/plain; charset=utf-8"}}};
+    if (const auto colon = extra_headers.find(": "); colon != std::string_view::npos) {
+      page.headers.push_back({std::string(extra_headers.substr(0, colon)),
+                              std::string(extra_headers.substr(colon + 2, extra_headers.find('\r') - colon - 2))});
+    }
+    try {
+      hooks_->on_error(context_ready_ ? &context_ : nullptr, page);
+    } catch (...) {
+      detail::log_exception(std::current_exception(), "on_error hook");
+    }
+    page.status = status;
+    http::write_local_response(out, page, close, head_request_);
+  } else {
+    http::write_error_response(out, status, {}, text, close, extra_headers);
+    // A HEAD response announces the length of the body it does not carry.
+    if (head_request_) out.resize(out.size() - text.size());
+  }
   const auto ec = co_await write_client({asio::buffer(out), asio::const_buffer{}});
   const bool can_continue = !ec && !close;
   co_return can_continue;

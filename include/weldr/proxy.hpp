@@ -18,6 +18,7 @@
 namespace weldr {
 
 class Pool;
+class ProxyHooks;
 class Stats;
 namespace detail {
 struct ProxyImpl;
@@ -84,6 +85,9 @@ struct ProxyOptions {
   std::string forwarded_proto{"http"};
   /// The pseudonym used in the Via header ("1.1 <via_name>").
   std::string via_name{"weldr"};
+  /// The host's hooks (see weldr/hooks.hpp), or null. One object may serve several Proxies
+  /// (threads): it must then be thread-safe.
+  std::shared_ptr<ProxyHooks> hooks;
 };
 
 /// Counters of one Proxy, readable while it runs (same thread as its io_context).

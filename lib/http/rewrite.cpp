@@ -1,5 +1,6 @@
 #include "http/rewrite.hpp"
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 
@@ -146,10 +147,39 @@ Rejection validate_request(const char* base, const Head& head) {
   return {};
 }
 
+bool is_protected_field(std::string_view name) noexcept {
+  for (const std::string_view p : {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+                                   "trailer", "proxy-connection"}) {
+    if (iequals(name, p)) return true;
+  }
+  return false;
+}
+
+namespace {
+
+bool edit_removes(const HeaderEdits* edits, std::string_view name) {
+  return edits != nullptr && !is_protected_field(name) && edits->removes(name);
+}
+
+void append_edits(std::string& out, const HeaderEdits* edits) {
+  if (edits == nullptr) return;
+  for (const auto& field : edits->added()) {
+    if (is_protected_field(field.name)) continue;
+    // A value with CR or LF would start a field of its own: refused, as a splitting attempt.
+    if (field.value.find_first_of("\r\n") != std::string::npos || field.name.empty() ||
+        field.name.find_first_of(" \t\r\n:") != std::string::npos) {
+      continue;
+    }
+    append_field(out, field.name, field.value);
+  }
+}
+
+}  // namespace
+
 void write_request_head(std::string& out, const char* base, const Head& head, const RequestRewrite& rw,
                         std::vector<std::string_view>& scratch) {
   collect_connection_tokens(base, head, scratch);
-  std::string_view target = head.target.view(base);
+  std::string_view target = rw.target.empty() ? head.target.view(base) : rw.target;
   std::string_view authority;
   std::string_view path;
   const bool absolute = split_absolute_form(target, authority, path);
@@ -173,16 +203,23 @@ void write_request_head(std::string& out, const char* base, const Head& head, co
   } else {
     host = rw.default_host;
   }
-  if (absolute || host_index < 0) append_field(out, "Host", host);
+  // HTTP/1.1 requires a Host: a hook may replace it, not remove it.
+  const bool host_replaced = rw.edits != nullptr && rw.edits->removes("host") &&
+                             std::any_of(rw.edits->added().begin(), rw.edits->added().end(),
+                                         [](const HeaderField& f) { return iequals(f.name, "host"); });
+  if ((absolute || host_index < 0) && !host_replaced) append_field(out, "Host", host);
 
   copy_fields(out, base, head, rw.via, rw.client_address, [&](std::string_view name) {
     if (absolute && iequals(name, "host")) return true;
+    if (iequals(name, "host")) return host_replaced;
+    if (edit_removes(rw.edits, name)) return true;
     // Set by us, never trusted from the client.
     if (iequals(name, "x-forwarded-proto") || iequals(name, "x-forwarded-host")) return true;
     return is_hop_by_hop(name, scratch, head.upgrade);
   });
   append_field(out, "X-Forwarded-Proto", rw.proto);
   if (!host.empty()) append_field(out, "X-Forwarded-Host", host);
+  append_edits(out, rw.edits);
   if (head.upgrade) append_field(out, "Connection", "upgrade");
   out.append("\r\n");
 }
@@ -196,8 +233,10 @@ void write_response_head(std::string& out, const char* base, const Head& head, c
   out.append(head.reason.view(base)).append("\r\n");
   copy_fields(out, base, head, rw.via, {}, [&](std::string_view name) {
     if (rw.dechunk && iequals(name, "transfer-encoding")) return true;
+    if (edit_removes(rw.edits, name)) return true;
     return is_hop_by_hop(name, scratch, rw.upgrade);
   });
+  append_edits(out, rw.edits);
   if (rw.upgrade) {
     append_field(out, "Connection", "upgrade");
   } else if (rw.close) {
@@ -222,12 +261,47 @@ void write_error_response(std::string& out, int status, std::string_view reason,
   out.append("\r\n").append(body);
 }
 
+int local_response_status(const LocalResponse& response) noexcept {
+  return response.status >= 200 && response.status <= 599 ? response.status : 500;
+}
+
+void write_local_response(std::string& out, const LocalResponse& response, bool close, bool head_request) {
+  const int status = local_response_status(response);
+  const bool bodiless = status == 204 || status == 304;
+  out.append("HTTP/1.1 ");
+  append_number(out, status);
+  out.push_back(' ');
+  out.append(reason_phrase(status)).append("\r\n");
+  HeaderEdits fields;
+  for (const auto& field : response.headers)
+    fields.add(field.name, field.value);
+  append_edits(out, &fields);
+  if (!bodiless) {
+    out.append("Content-Length: ");
+    append_number(out, static_cast<long long>(response.body.size()));
+    out.append("\r\n");
+  }
+  if (close) out.append("Connection: close\r\n");
+  out.append("\r\n");
+  if (!bodiless && !head_request) out.append(response.body);
+}
+
 std::string_view reason_phrase(int status) noexcept {
   switch (status) {
     case 100: return "Continue";
     case 200: return "OK";
     case 201: return "Created";
+    case 202: return "Accepted";
     case 204: return "No Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 403: return "Forbidden";
+    case 410: return "Gone";
+    case 429: return "Too Many Requests";
     case 400: return "Bad Request";
     case 404: return "Not Found";
     case 401: return "Unauthorized";

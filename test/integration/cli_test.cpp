@@ -331,3 +331,111 @@ TEST_CASE("weldr-cli: --balance hash --hash-key header:X-User keeps each user on
   CHECK(std::max(requests[0], requests[1]) == kRequests);
   CHECK(std::min(requests[0], requests[1]) == 0);
 }
+
+TEST_CASE("weldr-cli: --access-log writes one line per request and reopens on SIGHUP", "[cli][e2e]") {
+  TempDir dir;
+  const std::string path = dir.path + "/access.log";
+  Process origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto origin_port = port_from_line(origin.wait_for_line("listening on").value_or(""));
+  REQUIRE(origin_port != 0);
+  Process proxy({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--threads", "2", "--access-log",
+                 path, "--access-log-format", "json", "--server", "http://127.0.0.1:" + std::to_string(origin_port)});
+  const auto proxy_port = port_from_line(proxy.wait_for_line(" thread(s)").value_or(""));
+  REQUIRE(proxy_port != 0);
+  CHECK(weldr::test::http_get(proxy_port, "/").status == 200);
+  CHECK(weldr::test::http_get(proxy_port, "/status/404").status == 404);
+
+  auto lines_of = [](const std::string& file) {
+    std::ifstream in(file);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);)
+      lines.push_back(line);
+    return lines;
+  };
+  // A line is written once the response has gone out: the client may read it first.
+  auto wait_for_lines = [&](const std::string& file, std::size_t n) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (lines_of(file).size() < n && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return lines_of(file);
+  };
+  const auto lines = wait_for_lines(path, 2);
+  REQUIRE(lines.size() == 2);
+  rapidjson::Document first;
+  first.Parse(lines[0].data(), lines[0].size());
+  REQUIRE(first.IsObject());
+  CHECK(std::string(first["target"].GetString()) == "/");
+  CHECK(first["status"].GetInt() == 200);
+  CHECK(std::string(first["backend"].GetString()) == "127.0.0.1:" + std::to_string(origin_port));
+  rapidjson::Document second;
+  second.Parse(lines[1].data(), lines[1].size());
+  REQUIRE(second.IsObject());
+  CHECK(second["status"].GetInt() == 404);
+
+  // logrotate moves the file, then sends SIGHUP: new lines go to a new file at the old path.
+  std::filesystem::rename(path, path + ".1");
+  proxy.signal(SIGHUP);
+  REQUIRE(proxy.wait_for_line("access log " + path + " reopened"));
+  CHECK(weldr::test::http_get(proxy_port, "/").status == 200);
+  CHECK(wait_for_lines(path, 1).size() == 1);
+  CHECK(lines_of(path + ".1").size() == 2);
+
+  proxy.signal(SIGTERM);
+  CHECK(proxy.wait() == 0);
+}
+
+TEST_CASE("weldr-cli: an access log that cannot be opened stops the start with one line", "[cli][e2e]") {
+  Process p({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--access-log",
+             "/nonexistent-dir/access.log"});
+  CHECK(p.wait() == 1);
+  CHECK(p.output().find("cannot open access log /nonexistent-dir/access.log") != std::string::npos);
+  CHECK(p.output().find("listening") == std::string::npos);
+}
+
+TEST_CASE("examples/embed routes /api/ and /static/ to their pools, follows its directory, stops on SIGTERM",
+          "[cli][e2e][embed]") {
+  TempDir dir;
+  std::filesystem::create_directories(dir.path + "/api");
+  std::filesystem::create_directories(dir.path + "/static");
+  Process api_origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto api_port = port_from_line(api_origin.wait_for_line("listening on").value_or(""));
+  Process static_origin({WELDR_TEST_SERVER_PATH, "--port", "0"});
+  const auto static_port = port_from_line(static_origin.wait_for_line("listening on").value_or(""));
+  REQUIRE(api_port != 0);
+  REQUIRE(static_port != 0);
+  const std::string api_id = "127.0.0.1:" + std::to_string(api_port);
+  const std::string static_id = "127.0.0.1:" + std::to_string(static_port);
+  std::ofstream(dir.path + "/api/" + api_id).close();
+  std::ofstream(dir.path + "/static/" + static_id).close();
+
+  Process host({WELDR_EMBED_EXAMPLE_PATH, "127.0.0.1:0", dir.path, "2"});
+  const auto port = port_from_line(host.wait_for_line("listening on").value_or(""));
+  REQUIRE(port != 0);
+
+  // The prefix is stripped: /api/status/201 reaches the api origin as /status/201.
+  const auto api = weldr::test::http_get(port, "/api/status/201");
+  CHECK(api.status == 201);
+  CHECK(weldr::test::header_value(api.headers, "X-Backend") == api_id);
+  const auto assets = weldr::test::http_get(port, "/static/");
+  CHECK(assets.status == 200);
+  CHECK(assets.body == "Hello World");
+  CHECK(weldr::test::header_value(assets.headers, "X-Backend") == static_id);
+  CHECK(weldr::test::http_get(port, "/elsewhere").status == 404);
+
+  // Its discovery reads the directory once a second: a file removed takes the backend out.
+  std::filesystem::remove(dir.path + "/api/" + api_id);
+  REQUIRE(host.wait_for_line("removing " + api_id));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  int status = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    status = weldr::test::http_get(port, "/api/").status;
+    if (status == 503) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(status == 503);
+  CHECK(weldr::test::http_get(port, "/static/").status == 200);
+
+  host.signal(SIGTERM);
+  CHECK(host.wait() == 0);
+  CHECK(host.output().find("stopped") != std::string::npos);
+}

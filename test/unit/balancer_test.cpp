@@ -816,7 +816,7 @@ TEST_CASE("Candidates reports eligibility, weights and warmth", "[balancer]") {
   CHECK_FALSE(open.eligible(2));
 }
 
-TEST_CASE("Candidates::random_unit stays in [0, 1) and averages one half", "[balancer]") {
+TEST_CASE("Candidates::random_unit stays between 0 (included) and 1 (excluded) and averages one half", "[balancer]") {
   double sum = 0;
   for (int i = 0; i < 10000; ++i) {
     const double u = Candidates::random_unit();

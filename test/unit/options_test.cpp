@@ -96,6 +96,13 @@ TEST_CASE("balancing, outlier detection, slow start and retry budget flags", "[c
   CHECK(r.options->outlier.max_ejection_percent == 50);
   CHECK(r.options->proxy.retry_budget_percent == 20);
   CHECK(r.options->proxy.hash_key.source == weldr::HashKey::Source::client_ip);
+  CHECK(r.options->access_log.empty());
+  CHECK(r.options->access_log_format == weldr::AccessLogFormat::combined);
+  r = parse({"--access-log", "-", "--access-log-format", "json"});
+  REQUIRE(r.options);
+  CHECK(r.options->access_log == "-");
+  CHECK(r.options->access_log_format == weldr::AccessLogFormat::json);
+  r = parse({});
 
   r = parse({"--balance", "hash", "--hash-key", "cookie:session", "--slow-start", "30s", "--outlier-failures", "3",
              "--outlier-base-time", "10s", "--outlier-max-time", "2m", "--outlier-max-percent", "30", "--retry-budget",
@@ -141,6 +148,7 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
                                                          {"--outlier-base-time", "0s"},
                                                          {"--outlier-max-percent", "101"},
                                                          {"--retry-budget", "200"},
+                                                         {"--access-log-format", "apache"},
                                                          {"--bogus"}}) {
     auto r = parse(args);
     INFO(args[0]);

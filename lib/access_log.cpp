@@ -1,0 +1,169 @@
+#include <weldr/access_log.hpp>
+
+#include "log_internal.hpp"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <cerrno>
+#include <system_error>
+
+namespace weldr {
+
+std::optional<AccessLogFormat> parse_access_log_format(std::string_view text) {
+  if (text == "common") return AccessLogFormat::common;
+  if (text == "combined") return AccessLogFormat::combined;
+  if (text == "json") return AccessLogFormat::json;
+  return std::nullopt;
+}
+
+namespace {
+
+// Escapes a string for a quoted field of the common log format, as nginx does: " and \ with a
+// backslash, control and non-ASCII bytes as \xHH, so that a line is always one line.
+void append_escaped(std::string& out, std::string_view text) {
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out.push_back('\\');
+      out.push_back(c);
+    } else if (byte < 0x20 || byte >= 0x7f) {
+      fmt::format_to(std::back_inserter(out), "\\x{:02X}", byte);
+    } else {
+      out.push_back(c);
+    }
+  }
+}
+
+void append_or_dash(std::string& out, std::string_view text) {
+  if (text.empty()) {
+    out.push_back('-');
+  } else {
+    append_escaped(out, text);
+  }
+}
+
+std::string clf_time(std::chrono::system_clock::time_point t) {
+  return fmt::format("{:%d/%b/%Y:%H:%M:%S} +0000", fmt::gmtime(std::chrono::system_clock::to_time_t(t)));
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()) % 1000;
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03d}Z", fmt::gmtime(std::chrono::system_clock::to_time_t(t)), ms.count());
+}
+
+}  // namespace
+
+std::string format_access_log(const RequestLog& log, AccessLogFormat format) {
+  if (format == AccessLogFormat::json) {
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
+    auto string = [&](const char* key, std::string_view value) {
+      w.Key(key);
+      w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+    };
+    w.StartObject();
+    string("time", iso_time(log.started));
+    string("client", log.client_address);
+    string("method", log.method);
+    string("target", log.target);
+    string("protocol", log.method.empty() ? std::string_view{} : log.http_minor == 0 ? "HTTP/1.0" : "HTTP/1.1");
+    w.Key("status");
+    w.Int(log.status);
+    w.Key("bytes_sent");
+    w.Uint64(log.response_bytes);
+    w.Key("request_body_bytes");
+    w.Uint64(log.request_body_bytes);
+    string("host", log.host);
+    string("referer", log.referer);
+    string("user_agent", log.user_agent);
+    string("backend", log.backend);
+    w.Key("attempts");
+    w.Uint(log.attempts);
+    w.Key("duration_ms");
+    w.Double(static_cast<double>(log.duration.count()) / 1000.0);
+    w.Key("upstream_ms");
+    w.Double(static_cast<double>(log.upstream_time.count()) / 1000.0);
+    string("error", log.error);
+    w.EndObject();
+    return std::string(buffer.GetString(), buffer.GetSize());
+  }
+  std::string out;
+  append_or_dash(out, log.client_address);
+  out += " - - [";
+  out += clf_time(log.started);
+  out += "] \"";
+  if (log.method.empty()) {
+    out.push_back('-');  // no request line could be read
+  } else {
+    append_escaped(out, log.method);
+    out.push_back(' ');
+    append_escaped(out, log.target);
+    out += log.http_minor == 0 ? " HTTP/1.0" : " HTTP/1.1";
+  }
+  out += "\" ";
+  if (log.status == 0) {
+    out.push_back('-');
+  } else {
+    out += std::to_string(log.status);
+  }
+  out.push_back(' ');
+  if (log.response_bytes == 0) {
+    out.push_back('-');
+  } else {
+    out += std::to_string(log.response_bytes);
+  }
+  if (format == AccessLogFormat::combined) {
+    out += " \"";
+    append_or_dash(out, log.referer);
+    out += "\" \"";
+    append_or_dash(out, log.user_agent);
+    out.push_back('"');
+  }
+  return out;
+}
+
+namespace {
+
+std::FILE* open_log(const std::string& path) {
+  if (path == "-") return stdout;
+  return std::fopen(path.c_str(), "ae");
+}
+
+}  // namespace
+
+AccessLog::AccessLog(std::string path, AccessLogFormat format) : path_(std::move(path)), format_(format) {
+  file_ = open_log(path_);
+  if (file_ == nullptr) throw std::system_error(errno, std::generic_category(), "cannot open access log " + path_);
+}
+
+AccessLog::~AccessLog() {
+  if (file_ != nullptr && file_ != stdout) std::fclose(file_);
+}
+
+void AccessLog::on_log(const RequestLog& log) {
+  std::string line = format_access_log(log, format_);
+  line.push_back('\n');
+  std::lock_guard lock(mutex_);
+  if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
+    detail::log(LogLevel::error, "access log {}: write failed", path_);
+    std::clearerr(file_);
+  }
+}
+
+bool AccessLog::reopen() {
+  if (path_ == "-") return true;
+  std::FILE* fresh = open_log(path_);
+  if (fresh == nullptr) {
+    detail::log(LogLevel::error, "access log {}: cannot reopen: {}", path_, std::generic_category().message(errno));
+    return false;
+  }
+  std::lock_guard lock(mutex_);
+  std::fclose(file_);
+  file_ = fresh;
+  return true;
+}
+
+}  // namespace weldr
