@@ -45,6 +45,56 @@ void append_or_dash(std::string& out, std::string_view text) {
   }
 }
 
+// Length of the valid UTF-8 sequence at the start of `text`, or 0 (RFC 3629: no overlongs,
+// no surrogates, nothing above U+10FFFF).
+std::size_t utf8_sequence(std::string_view text) {
+  const auto b0 = static_cast<unsigned char>(text[0]);
+  std::size_t n = 0;
+  unsigned lo = 0x80;
+  unsigned hi = 0xBF;
+  if (b0 >= 0xC2 && b0 <= 0xDF) {
+    n = 2;
+  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+    n = 3;
+    if (b0 == 0xE0) lo = 0xA0;
+    if (b0 == 0xED) hi = 0x9F;
+  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+    n = 4;
+    if (b0 == 0xF0) lo = 0x90;
+    if (b0 == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (text.size() < n) return 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    const auto b = static_cast<unsigned char>(text[i]);
+    if (b < (i == 1 ? lo : 0x80) || b > (i == 1 ? hi : 0xBF)) return 0;
+  }
+  return n;
+}
+
+// JSON must be UTF-8: bytes that are not (clients send anything) become U+FFFD.
+std::string valid_utf8(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  std::size_t i = 0;
+  while (i < text.size()) {
+    if (static_cast<unsigned char>(text[i]) < 0x80) {
+      out.push_back(text[i++]);
+      continue;
+    }
+    const std::size_t n = utf8_sequence(text.substr(i));
+    if (n == 0) {
+      out += "\xEF\xBF\xBD";
+      ++i;
+    } else {
+      out.append(text.substr(i, n));
+      i += n;
+    }
+  }
+  return out;
+}
+
 std::string clf_time(std::chrono::system_clock::time_point t) {
   return fmt::format("{:%d/%b/%Y:%H:%M:%S} +0000", fmt::gmtime(std::chrono::system_clock::to_time_t(t)));
 }
@@ -62,7 +112,8 @@ std::string format_access_log(const RequestLog& log, AccessLogFormat format) {
     rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
     auto string = [&](const char* key, std::string_view value) {
       w.Key(key);
-      w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+      const std::string clean = valid_utf8(value);
+      w.String(clean.data(), static_cast<rapidjson::SizeType>(clean.size()));
     };
     w.StartObject();
     string("time", iso_time(log.started));

@@ -537,10 +537,16 @@ asio::awaitable<bool> Session::serve_request() {
     if (hooks_ != nullptr) {
       rewrite.target = context_.upstream_target();
       rewrite.edits = &context_.upstream_headers();
+      if (!rewrite.target.empty() && !http::valid_origin_form(rewrite.target)) {
+        // Written as given, CR, LF or a space would split or bend the request line.
+        detail::log(LogLevel::error, "client {}: a hook set an invalid upstream target", client_address_);
+        hook_failed = true;
+        break;
+      }
     }
     http::write_request_head(head_out_, base, head, rewrite, scratch_);
     tried_.push_back(backend.get());
-    last_backend_ = backend;
+    if (hooks_ != nullptr) last_backend_ = backend;  // for on_log; no refcount traffic without hooks
     ++attempts_;
     pool->begin_request(*backend);
     const auto started = clock_type::now();
@@ -1014,8 +1020,10 @@ asio::awaitable<bool> Session::send_error(int status, std::string_view body, boo
       page.headers.push_back({std::string(extra_headers.substr(0, colon)),
                               std::string(extra_headers.substr(colon + 2, extra_headers.find('\r') - colon - 2))});
     }
+    LocalResponse custom = page;  // a hook that throws midway changes nothing
     try {
-      hooks_->on_error(context_ready_ ? &context_ : nullptr, page);
+      hooks_->on_error(context_ready_ ? &context_ : nullptr, custom);
+      page = std::move(custom);
     } catch (...) {
       detail::log_exception(std::current_exception(), "on_error hook");
     }

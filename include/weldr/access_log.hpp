@@ -37,6 +37,7 @@ class AccessLog : public ProxyHooks {
   AccessLog(std::string path, AccessLogFormat format);
   /// Closes the file.
   ~AccessLog() override;
+  /// Not copyable.
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 

@@ -74,6 +74,7 @@ class Balancer {
   /// What pick() returns when no candidate is eligible.
   static constexpr std::size_t none = static_cast<std::size_t>(-1);
 
+  /// Destroys the policy (a Pool holds it through a shared_ptr).
   virtual ~Balancer() = default;
   /// The policy's name, as given to --balance.
   [[nodiscard]] virtual std::string_view name() const noexcept = 0;

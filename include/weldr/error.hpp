@@ -31,5 +31,6 @@ inline std::error_code make_error_code(errc e) noexcept {
 
 }  // namespace weldr
 
+/// Lets a weldr::errc convert implicitly to std::error_code and compare with one.
 template <>
 struct std::is_error_code_enum<weldr::errc> : std::true_type {};

@@ -53,7 +53,11 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
 class RiseFall {
  public:
   /// What one result changed.
-  enum class Change { none, went_down, went_up };
+  enum class Change {
+    none,       ///< the backend stays as it was
+    went_down,  ///< it reached `failures` failed checks in a row while up
+    went_up,    ///< it reached `passes` passed checks in a row while down
+  };
   /// Starts up (as a new backend does) or down.
   RiseFall(unsigned failures, unsigned passes, bool up = true) : failures_(failures), passes_(passes), up_(up) {}
   /// Records a check result and says whether the backend changed state.
@@ -63,6 +67,7 @@ class RiseFall {
     failures_ = failures;
     passes_ = passes;
   }
+  /// True while the backend counts as up.
   [[nodiscard]] bool up() const noexcept { return up_; }
   /// Consecutive failures so far (reset by a pass).
   [[nodiscard]] unsigned consecutive_failures() const noexcept { return bad_; }
@@ -96,6 +101,7 @@ class HealthChecker {
   HealthChecker(asio::io_context& io, Pool& pool, HealthCheckOptions defaults = {});
   /// Stops every check.
   ~HealthChecker();
+  /// Not copyable.
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
 

@@ -91,7 +91,8 @@ class RequestContext {
   /// 0 for HTTP/1.0, 1 for HTTP/1.1.
   [[nodiscard]] int http_minor() const noexcept;
 
-  /// Replaces the target sent to the backend (e.g. to strip a path prefix); "" keeps it.
+  /// Replaces the target sent to the backend (e.g. to strip a path prefix); "" keeps it. It
+  /// must be origin-form ("/" then visible ASCII, no spaces): otherwise the request gets 500.
   void set_upstream_target(std::string target) { upstream_target_ = std::move(target); }
   /// The target to send upstream ("" when unchanged).
   [[nodiscard]] const std::string& upstream_target() const noexcept { return upstream_target_; }
@@ -146,6 +147,7 @@ struct RequestLog {
 /// response goes out without the hook's changes; one from on_log is logged.
 class ProxyHooks {
  public:
+  /// Destroys the hooks (a Proxy holds them through a shared_ptr).
   virtual ~ProxyHooks() = default;
   /// A request head arrived (already validated): inspect it, change what goes upstream, or
   /// answer it directly by returning a response (e.g. 403, or a redirect).

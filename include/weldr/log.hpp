@@ -9,7 +9,12 @@
 namespace weldr {
 
 /// Severity of a log line, most severe first.
-enum class LogLevel { error = 0, warn = 1, info = 2, debug = 3 };
+enum class LogLevel {
+  error = 0,  ///< a failure weldr cannot work around (accept, state-file or access-log write)
+  warn = 1,   ///< a problem it works around: backend errors, health changes, ejections
+  info = 2,   ///< normal events: start, stop, changes to the pool (the default level)
+  debug = 3,  ///< details: malformed requests, connect errors, refused retries
+};
 
 /// Receives each log line that passes the level filter (without a trailing newline).
 using LogSink = std::function<void(LogLevel, std::string_view)>;

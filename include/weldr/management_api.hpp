@@ -48,6 +48,7 @@ class ManagementApi {
   ManagementApi(asio::io_context& io, Pool& pool, Stats& stats, ApiOptions options = {});
   /// Closes the listener and every connection.
   ~ManagementApi();
+  /// Not copyable.
   ManagementApi(const ManagementApi&) = delete;
   ManagementApi& operator=(const ManagementApi&) = delete;
 

@@ -69,6 +69,7 @@ class Backend {
   [[nodiscard]] std::uint64_t id_hash() const noexcept { return id_hash_; }
   /// Time from sending a request to receiving the whole response, for successful requests.
   [[nodiscard]] LatencyHistogram& latency() noexcept { return latency_; }
+  /// Same, read-only.
   [[nodiscard]] const LatencyHistogram& latency() const noexcept { return latency_; }
   /// Current state.
   [[nodiscard]] BackendState state() const noexcept { return state_.load(std::memory_order_acquire); }
@@ -167,7 +168,9 @@ class Pool {
  public:
   /// An empty pool.
   Pool();
+  /// Destroys the pool; no Proxy, StateFile, HealthChecker or ManagementApi may still use it.
   ~Pool();
+  /// Not copyable.
   Pool(const Pool&) = delete;
   Pool& operator=(const Pool&) = delete;
 

@@ -117,6 +117,7 @@ class Proxy {
   Proxy(asio::io_context& io, Pool& pool, Stats& stats, ProxyOptions options = {});
   /// Closes everything at once; call stop() first for a graceful end.
   ~Proxy();
+  /// Not copyable.
   Proxy(const Proxy&) = delete;
   Proxy& operator=(const Proxy&) = delete;
 

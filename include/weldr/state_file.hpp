@@ -25,6 +25,7 @@ struct StoredBackend {
 /// A state file that cannot be read or parsed; what() says which file, where and what is wrong.
 class StateFileError : public std::runtime_error {
  public:
+  /// Constructs it with a message, as std::runtime_error.
   using std::runtime_error::runtime_error;
 };
 
@@ -46,6 +47,7 @@ class StateFile {
   StateFile(Pool& pool, std::string path);
   /// Unsubscribes from the pool; when it returns, no write is in progress.
   ~StateFile();
+  /// Not copyable.
   StateFile(const StateFile&) = delete;
   StateFile& operator=(const StateFile&) = delete;
 

@@ -147,6 +147,14 @@ Rejection validate_request(const char* base, const Head& head) {
   return {};
 }
 
+bool valid_origin_form(std::string_view target) noexcept {
+  if (target.empty() || target.front() != '/') return false;
+  return std::all_of(target.begin(), target.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte > 0x20 && byte < 0x7f;
+  });
+}
+
 bool is_protected_field(std::string_view name) noexcept {
   for (const std::string_view p : {"content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
                                    "trailer", "proxy-connection"}) {

@@ -48,6 +48,10 @@ struct Rejection {
 /// HTTP/1.0 (§6.1).
 Rejection validate_request(const char* base, const Head& head);
 
+/// True when `target` is an origin-form request target: "/" followed by visible ASCII (no
+/// space, control character or DEL), as a hook's replacement target must be.
+bool valid_origin_form(std::string_view target) noexcept;
+
 /// True when `authority` is a syntactically valid uri-host with optional port and no userinfo.
 bool valid_authority(std::string_view authority) noexcept;
 

@@ -511,6 +511,31 @@ TEST_CASE("a hook can replace Host but not remove it", "[integration][hooks]") {
   CHECK(header_values(seen[0].headers, "Host").size() == 1);
 }
 
+TEST_CASE("an upstream target that is not origin-form gets 500 and never reaches the origin", "[integration][hooks]") {
+  Origin origin;
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->request = [](RequestContext& c) -> std::optional<LocalResponse> {
+    if (c.path() == "/split") c.set_upstream_target("/a HTTP/1.1\r\nHost: x\r\n\r\nGET /smuggled");
+    if (c.path() == "/space") c.set_upstream_target("/a b");
+    if (c.path() == "/relative") c.set_upstream_target("a");
+    if (c.path() == "/fine") c.set_upstream_target("/status/201?x=%20");
+    return std::nullopt;
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  Client client(proxy.port());
+  for (const char* path : {"/split", "/space", "/relative"}) {
+    INFO(path);
+    const Response r = Client(proxy.port()).exchange(make_request("GET", path));
+    REQUIRE(r.complete);
+    CHECK(r.status == 500);
+  }
+  const Response fine = client.exchange(make_request("GET", "/fine"));
+  CHECK(fine.status == 201);
+  const auto seen = origin.requests();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].target == "/status/201?x=%20");
+}
+
 TEST_CASE("hooks cannot change the framing of the request sent upstream", "[integration][hooks]") {
   Origin origin;
   auto hooks = std::make_shared<TestHooks>();

@@ -125,3 +125,15 @@ TEST_CASE("AccessLog appends lines, reopens after a rotation, refuses an unopena
                   std::system_error);
   std::filesystem::remove_all(dir);
 }
+
+TEST_CASE("access log format: json stays valid UTF-8 whatever the client sent", "[access-log]") {
+  RequestLog log = sample();
+  log.user_agent = "ok \xC3\xA9 bad \xFF \xC3 end";  // a valid é, a stray byte, a cut sequence
+  log.target = "/\xED\xA0\x80";                      // an encoded surrogate: not UTF-8
+  const std::string line = format_access_log(log, AccessLogFormat::json);
+  rapidjson::Document doc;
+  doc.Parse<rapidjson::kParseValidateEncodingFlag>(line.data(), line.size());
+  REQUIRE_FALSE(doc.HasParseError());
+  CHECK(std::string(doc["user_agent"].GetString()) == "ok \xC3\xA9 bad \xEF\xBF\xBD \xEF\xBF\xBD end");
+  CHECK(std::string(doc["target"].GetString()) == "/\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+}
