@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <thread>
@@ -47,6 +48,9 @@ int main(int argc, char** argv) {
     return parsed.exit_code;
   }
   const weldr::cli::Options& options = *parsed.options;
+  // A closed pipe (--access-log - | head) must not kill the proxy: writes fail with EPIPE and
+  // are logged instead. Asio's sockets already send with MSG_NOSIGNAL.
+  std::signal(SIGPIPE, SIG_IGN);
   weldr::set_log_level(options.log_level);
 
   weldr::Pool pool;
@@ -169,7 +173,7 @@ int main(int argc, char** argv) {
   std::function<void()> wait_hangup = [&] {
     hangups.async_wait([&](std::error_code ec, int) {
       if (ec) return;
-      if (access_log && access_log->reopen()) {
+      if (access_log && access_log->path() != "-" && access_log->reopen()) {
         log_line(weldr::LogLevel::info, fmt::format("access log {} reopened", access_log->path()));
       }
       wait_hangup();

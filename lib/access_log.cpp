@@ -199,8 +199,16 @@ void AccessLog::on_log(const RequestLog& log) {
   line.push_back('\n');
   std::lock_guard lock(mutex_);
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
-    detail::log(LogLevel::error, "access log {}: write failed", path_);
+    const int error = errno;
     std::clearerr(file_);
+    // Once per run of failures, not once per request.
+    if (!failing_) {
+      detail::log(LogLevel::error, "access log {}: write failed: {}", path_, std::generic_category().message(error));
+    }
+    failing_ = true;
+  } else if (failing_) {
+    failing_ = false;
+    detail::log(LogLevel::info, "access log {}: writing again", path_);
   }
 }
 

@@ -1,6 +1,7 @@
 #include <weldr/hooks.hpp>
 
 #include "hooks_internal.hpp"
+#include "http/rewrite.hpp"
 
 #include <algorithm>
 
@@ -15,6 +16,7 @@ void HeaderEdits::set(std::string name, std::string value) {
 }
 
 void HeaderEdits::add(std::string name, std::string value) {
+  if (http::iequals(name, "host")) return set(std::move(name), std::move(value));  // one Host only
   added_.push_back({std::move(name), std::move(value)});
 }
 
@@ -42,6 +44,7 @@ void RequestContext::reset(const void* view) noexcept {
   response_headers_.clear();
   attempt_ = 0;
   response_status_ = 0;
+  backend_ = nullptr;
   user.reset();
 }
 
@@ -56,8 +59,13 @@ std::string_view RequestContext::target() const noexcept {
 }
 
 std::string_view RequestContext::path() const noexcept {
-  const std::string_view t = target();
-  return t.substr(0, t.find('?'));
+  const auto& v = detail::RequestView::of(*this);
+  return http::origin_form(v.base, *v.head).path;
+}
+
+std::string_view RequestContext::host() const noexcept {
+  const auto& v = detail::RequestView::of(*this);
+  return http::origin_form(v.base, *v.head).host;
 }
 
 std::optional<std::string_view> RequestContext::header(std::string_view name) const noexcept {

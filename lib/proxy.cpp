@@ -119,7 +119,8 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   std::unique_ptr<asio::steady_timer> grace_timer;
   ProxyCounters counters;
   std::list<Session*> sessions;
-  std::unordered_map<std::string, std::vector<std::unique_ptr<UpstreamConnection>>> idle;
+  // Keyed by backend object, not address: two pools may hold the same ip:port.
+  std::unordered_map<const Backend*, std::vector<std::unique_ptr<UpstreamConnection>>> idle;
   std::vector<std::function<void()>> stopped_callbacks;
   std::uint64_t pool_listener{0};
   bool stopping{false};
@@ -350,6 +351,7 @@ asio::awaitable<bool> Session::handle_request() {
   begin_log();
   const bool next = co_await serve_request();
   finish_log(true);
+  if (context_ready_) detail::RequestView::detach(context_);
   context_ready_ = false;
   co_return next;
 }
@@ -379,9 +381,9 @@ void Session::finish_log(bool have_head) {
     log.method = head.method_name.view(base);
     log.target = head.target.view(base);
     log.http_minor = head.http_minor;
+    log.host = http::origin_form(base, head).host;
     for (const auto& field : head.fields) {
       const std::string_view name = field.name.view(base);
-      if (log.host.empty() && http::iequals(name, "host")) log.host = field.value.view(base);
       if (log.user_agent.empty() && http::iequals(name, "user-agent")) log.user_agent = field.value.view(base);
       if (log.referer.empty() && http::iequals(name, "referer")) log.referer = field.value.view(base);
     }
@@ -395,6 +397,7 @@ void Session::finish_log(bool have_head) {
   log.duration = std::chrono::duration_cast<std::chrono::microseconds>(clock_type::now() - request_start_);
   log.upstream_time = std::chrono::duration_cast<std::chrono::microseconds>(upstream_time_);
   log.error = error_text_;
+  if (context_ready_) log.context = &context_;
   try {
     hooks_->on_log(log);
   } catch (...) {
@@ -406,7 +409,7 @@ void Session::finish_log(bool have_head) {
 asio::awaitable<bool> Session::send_local(const LocalResponse& response, bool close) {
   close = close || proxy_->stopping;
   std::string out;
-  http::write_local_response(out, response, close, head_request_);
+  http::write_local_response(out, response, close, head_request_, client_http10_);
   status_sent_ = http::local_response_status(response);
   const bool ok = status_sent_ < 500;
   if (ok) {
@@ -491,6 +494,12 @@ asio::awaitable<bool> Session::serve_request() {
       }
       pool = choice.pool != nullptr ? choice.pool : &proxy_->pool;
       backend = std::move(choice.backend);
+      if (backend && pool->find(backend->id()) != backend) {
+        // Its requests would be counted, drained and ejected in the wrong pool.
+        detail::log(LogLevel::error, "select_backend chose {}, which is not in the pool it gave", backend->id());
+        hook_failed = true;
+        break;
+      }
     }
     if (!backend) {
       if (!key_known && pool->balancer()->uses_key()) {
@@ -498,17 +507,24 @@ asio::awaitable<bool> Session::serve_request() {
         key_known = true;
       }
       // A retry goes to a backend not tried yet when there is one; else to any usable one.
-      pick.exclude = tried_;
-      pick.include_down = false;
-      backend = pool->pick(pick);
-      if (!backend && !tried_.empty()) {
-        pick.exclude = {};
+      try {
+        pick.exclude = tried_;
+        pick.include_down = false;
         backend = pool->pick(pick);
-      }
-      // Fail-open: with every backend down, trying them beats refusing everyone.
-      if (!backend && opts_.fail_open) {
-        pick.include_down = true;
-        backend = pool->pick(pick);
+        if (!backend && !tried_.empty()) {
+          pick.exclude = {};
+          backend = pool->pick(pick);
+        }
+        // Fail-open: with every backend down, trying them beats refusing everyone.
+        if (!backend && opts_.fail_open) {
+          pick.include_down = true;
+          backend = pool->pick(pick);
+        }
+      } catch (...) {
+        // A host's own Balancer threw: nothing was sent, so the client gets a clean 500.
+        detail::log_exception(std::current_exception(), "balancing policy");
+        hook_failed = true;
+        break;
       }
     }
     if (!backend) break;
@@ -522,6 +538,7 @@ asio::awaitable<bool> Session::serve_request() {
       ++proxy_->counters.retries;
       proxy_->stats.retry(true);
     }
+    if (hooks_ != nullptr) detail::RequestView::set_backend(context_, backend.get());
     if (attempt == 0 && hooks_ != nullptr) {
       try {
         hooks_->on_upstream_request(context_, *backend);
@@ -1028,9 +1045,11 @@ asio::awaitable<bool> Session::send_error(int status, std::string_view body, boo
       detail::log_exception(std::current_exception(), "on_error hook");
     }
     page.status = status;
-    http::write_local_response(out, page, close, head_request_);
+    http::write_local_response(out, page, close, head_request_, client_http10_);
   } else {
-    http::write_error_response(out, status, {}, text, close, extra_headers);
+    std::string extra(extra_headers);
+    if (!close && client_http10_) extra += "Connection: keep-alive\r\n";  // else 1.0 means close
+    http::write_error_response(out, status, {}, text, close, extra);
     // A HEAD response announces the length of the body it does not carry.
     if (head_request_) out.resize(out.size() - text.size());
   }
@@ -1115,7 +1134,7 @@ asio::awaitable<void> detail::ProxyImpl::sweep_loop() {
 }
 
 std::unique_ptr<UpstreamConnection> detail::ProxyImpl::take_idle(const std::shared_ptr<Backend>& backend) {
-  auto it = idle.find(backend->id());
+  auto it = idle.find(backend.get());
   if (it == idle.end()) return nullptr;
   auto& list = it->second;
   while (!list.empty()) {
@@ -1128,7 +1147,7 @@ std::unique_ptr<UpstreamConnection> detail::ProxyImpl::take_idle(const std::shar
 
 void detail::ProxyImpl::put_idle(std::unique_ptr<UpstreamConnection> connection) {
   if (!connection->backend->usable()) return;
-  auto& list = idle[connection->backend->id()];
+  auto& list = idle[connection->backend.get()];
   if (list.size() >= options.max_idle_per_backend) return;
   connection->idle_since = clock_type::now();
   list.push_back(std::move(connection));
@@ -1217,7 +1236,7 @@ Proxy::Proxy(asio::io_context& io, Pool& pool, Stats* stats, ProxyOptions option
     if (!unusable) return;
     if (auto impl = weak.lock()) {
       asio::post(impl->io, [impl, backend = event.backend] {
-        auto it = impl->idle.find(backend->id());
+        auto it = impl->idle.find(backend.get());
         if (it == impl->idle.end()) return;
         std::erase_if(it->second, [&](const auto& c) { return c->backend == backend; });
         if (it->second.empty()) impl->idle.erase(it);

@@ -29,12 +29,6 @@
 
 namespace fs = std::filesystem;
 
-// What the hooks remember of one request (in RequestContext::user).
-struct Route {
-  weldr::Pool* pool;
-  std::string backend;
-};
-
 // Routes by path prefix; the prefix is stripped before the request goes upstream. Runs on
 // every worker thread at once: it only reads the pools, which are thread-safe.
 class Router : public weldr::ProxyHooks {
@@ -45,24 +39,29 @@ class Router : public weldr::ProxyHooks {
     const std::string_view path = request.path();
     for (auto& [prefix, pool] : routes()) {
       if (!path.starts_with(prefix)) continue;
-      request.user = Route{pool, {}};  // remembered for select_backend
-      request.set_upstream_target("/" + std::string(request.target().substr(prefix.size())));
+      request.user = pool;  // remembered for select_backend
+      // path() is the path as forwarded (also for "GET http://host/api/x"); keep the query.
+      const std::string_view target = request.target();
+      const auto query = target.find('?');
+      std::string upstream = "/" + std::string(path.substr(prefix.size()));
+      if (query != std::string_view::npos) upstream += target.substr(query);
+      request.set_upstream_target(std::move(upstream));
       return std::nullopt;
     }
     return weldr::LocalResponse{404, "no route for this path\n", {{"Content-Type", "text/plain"}}};
   }
 
   weldr::BackendChoice select_backend(weldr::RequestContext& request) override {
-    return {std::any_cast<Route&>(request.user).pool, nullptr};  // that pool, with its policy
+    return {std::any_cast<weldr::Pool*>(request.user), nullptr};  // that pool, with its policy
   }
 
-  void on_upstream_request(weldr::RequestContext& request, const weldr::Backend& backend) override {
+  void on_upstream_request(weldr::RequestContext& request, const weldr::Backend&) override {
     request.upstream_headers().set("X-Routed-By", "weldr-embed-example");
-    std::any_cast<Route&>(request.user).backend = backend.id();
   }
 
   void on_response(weldr::RequestContext& request) override {
-    request.response_headers().set("X-Backend", std::any_cast<Route&>(request.user).backend);
+    // The backend that answered (after a retry, not the first one tried).
+    if (const weldr::Backend* backend = request.backend()) request.response_headers().set("X-Backend", backend->id());
   }
 
  private:

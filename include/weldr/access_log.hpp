@@ -28,8 +28,9 @@ std::optional<AccessLogFormat> parse_access_log_format(std::string_view text);
 std::string format_access_log(const RequestLog& log, AccessLogFormat format);
 
 /// Hooks that write one line per request. Thread-safe: one AccessLog may serve the Proxies of
-/// every thread. Each line is written and flushed at once (one write(2) per request, to the
-/// page cache); use a local file or a pipe, not a network file system.
+/// every thread. Each line is written and flushed at once, under a lock: use a local file (the
+/// write lands in the page cache). A pipe or a network file system can block every proxy
+/// thread when it stalls; a host writing to a pipe must ignore SIGPIPE (weldr-cli does).
 class AccessLog : public ProxyHooks {
  public:
   /// Opens `path` for appending ("-" means standard output). Throws std::system_error when the
@@ -54,6 +55,7 @@ class AccessLog : public ProxyHooks {
   AccessLogFormat format_;
   std::mutex mutex_;
   std::FILE* file_{nullptr};  // guarded by mutex_
+  bool failing_{false};       // guarded by mutex_
 };
 
 }  // namespace weldr

@@ -31,7 +31,7 @@ class HeaderEdits {
  public:
   /// Replaces every field named `name` with one field `name: value`.
   void set(std::string name, std::string value);
-  /// Adds a field, keeping those of the same name.
+  /// Adds a field, keeping those of the same name (for Host, which must be single: set()).
   void add(std::string name, std::string value);
   /// Removes every field named `name` (case-insensitive). Host can be replaced (set), not
   /// removed.
@@ -80,8 +80,13 @@ class RequestContext {
   [[nodiscard]] std::string_view method() const noexcept;
   /// Request target as received, e.g. "/api/users?id=7".
   [[nodiscard]] std::string_view target() const noexcept;
-  /// The path of the target (without the query).
+  /// The path the request is for, without the query, as forwarded: for an absolute-form target
+  /// ("GET http://host/admin") its path ("/admin"). Raw, not normalised: "/./admin", "//admin"
+  /// and "/%61dmin" are other strings than "/admin"; decide access on a canonical form.
   [[nodiscard]] std::string_view path() const noexcept;
+  /// The host the request is for, as forwarded: an absolute-form target's authority, otherwise
+  /// the Host field ("" when there is none, as HTTP/1.0 allows).
+  [[nodiscard]] std::string_view host() const noexcept;
   /// The value of the first field named `name` (case-insensitive), or nothing.
   [[nodiscard]] std::optional<std::string_view> header(std::string_view name) const noexcept;
   /// Every header field as received, in order.
@@ -101,8 +106,10 @@ class RequestContext {
   /// Changes to the response head sent to the client (on_request, on_response).
   [[nodiscard]] HeaderEdits& response_headers() noexcept { return response_headers_; }
 
-  /// The attempt being made: 0, then 1.. for retries (in select_backend and on_upstream_request).
+  /// The attempt being made: 0, then 1.. for retries (in select_backend).
   [[nodiscard]] unsigned attempt() const noexcept { return attempt_; }
+  /// The backend of the current attempt (from on_upstream_request on), or null.
+  [[nodiscard]] const Backend* backend() const noexcept { return backend_; }
   /// The status of the backend's response (in on_response), or 0.
   [[nodiscard]] int response_status() const noexcept { return response_status_; }
 
@@ -119,6 +126,7 @@ class RequestContext {
   HeaderEdits response_headers_;
   unsigned attempt_{0};
   int response_status_{0};
+  const Backend* backend_{nullptr};
 };
 
 /// What one finished request looked like, for access logs (ProxyHooks::on_log).
@@ -139,6 +147,7 @@ struct RequestLog {
   std::chrono::microseconds duration{0};          ///< from then to the end of the response
   std::chrono::microseconds upstream_time{0};     ///< from sending to the backend to its response head
   std::string_view error;                         ///< why weldr answered itself or broke off, or ""
+  const RequestContext* context{nullptr};         ///< the hooks' context (its `user` included), or null
 };
 
 /// The hooks of a Proxy. Every method has a default that changes nothing; override the ones

@@ -113,6 +113,23 @@ bool split_absolute_form(std::string_view target, std::string_view& authority, s
 
 }  // namespace
 
+OriginForm origin_form(const char* base, const Head& head) noexcept {
+  OriginForm out;
+  const std::string_view target = head.target.view(base);
+  std::string_view authority;
+  std::string_view path;
+  if (split_absolute_form(target, authority, path)) {
+    out.host = authority;
+    out.path = path.empty() ? std::string_view("/") : path;
+  } else {
+    out.path = target;
+    const int host_index = last_index(base, head, "host");
+    if (host_index >= 0) out.host = head.fields[static_cast<std::size_t>(host_index)].value.view(base);
+  }
+  out.path = out.path.substr(0, out.path.find('?'));
+  return out;
+}
+
 bool valid_authority(std::string_view authority) noexcept {
   // uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2); no userinfo (RFC 9110 §4.2.4).
   for (char c : authority) {
@@ -169,15 +186,23 @@ bool edit_removes(const HeaderEdits* edits, std::string_view name) {
   return edits != nullptr && !is_protected_field(name) && edits->removes(name);
 }
 
+// A field name is a token (RFC 9110 §5.1); a value is field-vchar, obs-text, SP and HTAB
+// (§5.5): anything else (CR, LF, NUL, other controls) could be read differently by the next hop.
+bool valid_field(std::string_view name, std::string_view value) {
+  const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+  });
+  return token && std::all_of(value.begin(), value.end(), [](char c) {
+           const auto byte = static_cast<unsigned char>(c);
+           return byte == '\t' || (byte >= 0x20 && byte != 0x7f);
+         });
+}
+
 void append_edits(std::string& out, const HeaderEdits* edits) {
   if (edits == nullptr) return;
   for (const auto& field : edits->added()) {
-    if (is_protected_field(field.name)) continue;
-    // A value with CR or LF would start a field of its own: refused, as a splitting attempt.
-    if (field.value.find_first_of("\r\n") != std::string::npos || field.name.empty() ||
-        field.name.find_first_of(" \t\r\n:") != std::string::npos) {
-      continue;
-    }
+    if (is_protected_field(field.name) || !valid_field(field.name, field.value)) continue;
     append_field(out, field.name, field.value);
   }
 }
@@ -187,13 +212,15 @@ void append_edits(std::string& out, const HeaderEdits* edits) {
 void write_request_head(std::string& out, const char* base, const Head& head, const RequestRewrite& rw,
                         std::vector<std::string_view>& scratch) {
   collect_connection_tokens(base, head, scratch);
-  std::string_view target = rw.target.empty() ? head.target.view(base) : rw.target;
+  std::string_view target = head.target.view(base);
   std::string_view authority;
   std::string_view path;
   const bool absolute = split_absolute_form(target, authority, path);
 
   out.append(head.method_name.view(base)).push_back(' ');
-  if (absolute) {
+  if (!rw.target.empty()) {
+    out.append(rw.target);  // a hook's, origin-form; Host still comes from the original target
+  } else if (absolute) {
     // The request-target's authority replaces Host (RFC 9112 §3.2.2); the origin gets origin-form.
     if (path.empty() || path.front() != '/') out.push_back('/');
     out.append(path);
@@ -273,7 +300,8 @@ int local_response_status(const LocalResponse& response) noexcept {
   return response.status >= 200 && response.status <= 599 ? response.status : 500;
 }
 
-void write_local_response(std::string& out, const LocalResponse& response, bool close, bool head_request) {
+void write_local_response(std::string& out, const LocalResponse& response, bool close, bool head_request,
+                          bool client_http10) {
   const int status = local_response_status(response);
   const bool bodiless = status == 204 || status == 304;
   out.append("HTTP/1.1 ");
@@ -289,7 +317,11 @@ void write_local_response(std::string& out, const LocalResponse& response, bool 
     append_number(out, static_cast<long long>(response.body.size()));
     out.append("\r\n");
   }
-  if (close) out.append("Connection: close\r\n");
+  if (close) {
+    out.append("Connection: close\r\n");
+  } else if (client_http10) {
+    out.append("Connection: keep-alive\r\n");
+  }
   out.append("\r\n");
   if (!bodiless && !head_request) out.append(response.body);
 }

@@ -52,6 +52,15 @@ Rejection validate_request(const char* base, const Head& head);
 /// space, control character or DEL), as a hook's replacement target must be.
 bool valid_origin_form(std::string_view target) noexcept;
 
+/// The host and path a request is for, as forwarded: for an absolute-form target its
+/// authority and path (RFC 9112 §3.2.2: the authority overrides Host), otherwise the Host field
+/// and the target; the path without its query ("/" for an absolute-form target without one).
+struct OriginForm {
+  std::string_view host;
+  std::string_view path;
+};
+OriginForm origin_form(const char* base, const Head& head) noexcept;
+
 /// True when `authority` is a syntactically valid uri-host with optional port and no userinfo.
 bool valid_authority(std::string_view authority) noexcept;
 
@@ -70,9 +79,10 @@ void write_error_response(std::string& out, int status, std::string_view reason,
 
 /// Appends a response a host gave (LocalResponse) to `out`: its fields (framing fields and
 /// fields with CR, LF or an invalid name are left out), Content-Length, Connection: close when
-/// `close`, and the body unless `head_request` (or the status is 204 or 304, which have none).
-/// A status outside 200..599 becomes 500.
-void write_local_response(std::string& out, const LocalResponse& response, bool close, bool head_request);
+/// `close` (Connection: keep-alive for an HTTP/1.0 client otherwise), and the body unless `head_request` (or the status
+/// is 204 or 304, which have none). A status outside 200..599 becomes 500.
+void write_local_response(std::string& out, const LocalResponse& response, bool close, bool head_request,
+                          bool client_http10 = false);
 /// The status write_local_response() sends for `response`.
 int local_response_status(const LocalResponse& response) noexcept;
 

@@ -5,6 +5,7 @@
 // test thread checks it once the request is over. Catch2's assertions are never used inside
 // a hook. Every wait is bounded: polls have deadlines of a few seconds and every read a timeout.
 
+#include <weldr/balancer.hpp>
 #include <weldr/hooks.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/proxy.hpp>
@@ -31,6 +32,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -1316,4 +1318,190 @@ TEST_CASE("an exception from on_response or on_error leaves the response complet
   INFO(ok.describe());
   REQUIRE(ok.complete);
   CHECK(ok.body == "Hello World");
+}
+
+// -------------------------------------------------------------------------------------------
+// Review fixes: what a hook sees and may do
+
+TEST_CASE("path() and host() are those forwarded, also for an absolute-form target", "[integration][hooks]") {
+  Origin origin;
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->request = [h = hooks.get()](RequestContext& c) -> std::optional<LocalResponse> {
+    h->note(fmt::format("seen {} {}", c.path(), c.host()));
+    if (c.path().starts_with("/admin")) return LocalResponse{403, "no\n", {}};
+    return std::nullopt;
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  // The authority overrides Host (RFC 9112 §3.2.2): an access rule on path() must see /admin.
+  const Response blocked =
+      Client(proxy.port()).exchange("GET http://inner.test/admin?x=1 HTTP/1.1\r\nHost: outer.test\r\n\r\n");
+  INFO(blocked.describe());
+  CHECK(blocked.status == 403);
+  const Response plain = Client(proxy.port()).exchange("GET http://inner.test HTTP/1.1\r\nHost: outer.test\r\n\r\n");
+  CHECK(plain.status == 200);
+  CHECK(hooks->events("seen ") == std::vector<std::string>{"seen /admin inner.test", "seen / inner.test"});
+  CHECK(origin.request_count() == 1);
+  REQUIRE(hooks->wait_logs(2));
+  CHECK(hooks->logs()[1].host == "inner.test");  // the log has the host the request went to
+}
+
+TEST_CASE("a hook's target keeps the absolute-form authority as Host", "[integration][hooks]") {
+  Origin origin;
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->request = [](RequestContext& c) -> std::optional<LocalResponse> {
+    c.set_upstream_target("/rewritten");
+    return std::nullopt;
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  CHECK(Client(proxy.port()).exchange("GET http://inner.test/x HTTP/1.1\r\nHost: outer.test\r\n\r\n").status == 404);
+  const auto seen = origin.requests();
+  REQUIRE(seen.size() == 1);
+  CHECK(seen[0].target == "/rewritten");
+  CHECK(header_values(seen[0].headers, "Host") == std::vector<std::string>{"inner.test"});
+}
+
+TEST_CASE("header edits: one Host at most, and names and values are checked", "[integration][hooks]") {
+  Origin origin;
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->request = [](RequestContext& c) -> std::optional<LocalResponse> {
+    c.upstream_headers().add("Host", "added.test");  // add() of Host replaces it
+    c.upstream_headers().add("Transfer-Encoding\v", "chunked");
+    c.upstream_headers().add("X-Nul", std::string("a\0b", 3));
+    c.upstream_headers().add("X(bad)", "v");
+    c.upstream_headers().add("X-Tab", "a\tb");
+    c.upstream_headers().add("X-Utf8", "caf\xC3\xA9");
+    return std::nullopt;
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  CHECK(Client(proxy.port()).exchange(make_request("GET", "/")).status == 200);
+  const auto seen = origin.requests();
+  REQUIRE(seen.size() == 1);
+  CHECK(header_values(seen[0].headers, "Host") == std::vector<std::string>{"added.test"});
+  CHECK_FALSE(seen[0].has("X-Nul"));
+  CHECK_FALSE(seen[0].has("X(bad)"));
+  CHECK(seen[0].header("X-Tab") == "a\tb");
+  CHECK(seen[0].header("X-Utf8") == "caf\xC3\xA9");
+  for (const auto& [name, value] : seen[0].headers)
+    CHECK(name.find('\v') == std::string::npos);
+}
+
+TEST_CASE("context.backend() is the backend that answered, after a retry too", "[integration][hooks]") {
+  const RefusingPort dead;
+  Origin live;
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->response = [](RequestContext& c) {
+    if (c.backend() != nullptr) c.response_headers().set("X-Backend", c.backend()->id());
+  };
+  TestProxy proxy({dead.url(), live.endpoint_url()}, options_with(hooks, /*retries=*/1));
+  for (int i = 0; i < 4; ++i) {
+    const Response r = http_get(proxy.port(), "/");
+    INFO(r.describe());
+    REQUIRE(r.status == 200);
+    CHECK(r.header("X-Backend") == live.id());
+  }
+}
+
+TEST_CASE("on_log sees the request's context and its user data, which ends with the request", "[integration][hooks]") {
+  Origin origin;
+  struct Hooks : TestHooks {
+    std::atomic<int> alive{0};
+    std::atomic<int> seen_in_log{0};
+    void on_log(const weldr::RequestLog& log) override {
+      if (log.context != nullptr && log.context->user.has_value()) ++seen_in_log;
+      TestHooks::on_log(log);
+    }
+  };
+  struct Token {
+    explicit Token(std::atomic<int>& c) : count(&c) { ++*count; }
+    Token(const Token& other) : count(other.count) { ++*count; }
+    Token& operator=(const Token&) = delete;
+    ~Token() { --*count; }
+    std::atomic<int>* count;
+  };
+  auto hooks = std::make_shared<Hooks>();
+  hooks->request = [h = hooks.get()](RequestContext& c) -> std::optional<LocalResponse> {
+    c.user = Token(h->alive);
+    return std::nullopt;
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  Client client(proxy.port());
+  CHECK(client.exchange(make_request("GET", "/")).status == 200);
+  REQUIRE(hooks->wait_logs(1));
+  CHECK(hooks->seen_in_log == 1);
+  // The connection stays open (keep-alive), but the request's data is gone.
+  CHECK(eventually([&] { return hooks->alive == 0; }));
+}
+
+TEST_CASE("a host's Balancer that throws, or a backend outside the pool given, gets 500", "[integration][hooks]") {
+  Origin origin;
+  struct Throwing : weldr::Balancer {
+    std::string_view name() const noexcept override { return "throwing"; }
+    std::size_t pick(const weldr::Candidates&, const weldr::PickContext&) override {
+      throw std::runtime_error("balancer failure (on purpose)");
+    }
+  };
+  struct Hooks : TestHooks {
+    weldr::Pool broken;
+    weldr::Pool other;
+  };
+  auto hooks = std::make_shared<Hooks>();
+  REQUIRE(hooks->broken.add(origin.endpoint_url()));
+  hooks->broken.set_balancer(std::make_shared<Throwing>());
+  REQUIRE(hooks->other.add(origin.endpoint_url()));
+  hooks->select = [h = hooks.get()](RequestContext& c) -> BackendChoice {
+    if (c.path() == "/throw") return {&h->broken, nullptr};
+    if (c.path() == "/mismatch") return {nullptr, h->other.find(h->other.list().at(0)->id())};  // not the proxy's
+    return {};
+  };
+  TestProxy proxy({origin.endpoint_url()}, options_with(hooks));
+  Client client(proxy.port());
+  CHECK(client.exchange(make_request("GET", "/throw")).status == 500);
+  CHECK(client.exchange(make_request("GET", "/mismatch")).status == 500);
+  CHECK(client.exchange(make_request("GET", "/")).status == 200);
+  CHECK(origin.request_count() == 1);
+  REQUIRE(hooks->wait_logs(3));
+  CHECK(hooks->logs()[0].status == 500);
+}
+
+TEST_CASE("local answers and error pages keep an HTTP/1.0 keep-alive connection open and say so",
+          "[integration][hooks]") {
+  auto hooks = std::make_shared<TestHooks>();
+  hooks->request = [](RequestContext& c) -> std::optional<LocalResponse> {
+    if (c.path() == "/local") return LocalResponse{200, "local\n", {}};
+    return std::nullopt;
+  };
+  TestProxy proxy({}, options_with(hooks));  // an empty pool: other paths get 503
+  Client client(proxy.port());
+  const Response local = client.exchange("GET /local HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  INFO(local.describe());
+  CHECK(local.status == 200);
+  CHECK(local.header("Connection") == "keep-alive");
+  CHECK_FALSE(local.closed);
+  const Response error = client.exchange("GET /none HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+  INFO(error.describe());
+  CHECK(error.status == 503);
+  CHECK(error.header("Connection") == "keep-alive");
+}
+
+TEST_CASE("two pools that hold the same address keep their own idle connections", "[integration][hooks]") {
+  Origin origin;
+  struct Hooks : TestHooks {
+    weldr::Pool a;
+    weldr::Pool b;
+  };
+  auto hooks = std::make_shared<Hooks>();
+  REQUIRE(hooks->a.add(origin.endpoint_url()));
+  REQUIRE(hooks->b.add(origin.endpoint_url()));
+  hooks->select = [h = hooks.get()](RequestContext& c) -> BackendChoice {
+    return {c.path() == "/a" ? &h->a : &h->b, nullptr};
+  };
+  TestProxy proxy({}, options_with(hooks));
+  Client client(proxy.port());
+  for (int i = 0; i < 6; ++i)
+    REQUIRE(client.exchange(make_request("GET", i % 2 == 0 ? "/a" : "/b")).status == 404);
+  // One upstream connection per pool, each reused: alternating does not close the other's.
+  std::set<std::size_t> connections;
+  for (const auto& r : origin.requests())
+    connections.insert(r.connection);
+  CHECK(connections.size() == 2);
 }
