@@ -550,7 +550,8 @@ asio::awaitable<bool> Session::serve_request() {
     }
     // Written for each attempt: a previous one may have used head_out_ for a response head.
     head_out_.clear();
-    http::RequestRewrite rewrite{client_address_, opts_.forwarded_proto, proxy_->via, std::string_view{}};
+    // An HTTP/1.0 request may come without Host; HTTP/1.1 needs one: the backend's address.
+    http::RequestRewrite rewrite{client_address_, opts_.forwarded_proto, proxy_->via, backend->id()};
     if (hooks_ != nullptr) {
       rewrite.target = context_.upstream_target();
       rewrite.edits = &context_.upstream_headers();

@@ -19,6 +19,8 @@ const llhttp_settings_t& Parser::settings() noexcept {
     s.on_status = &Parser::on_status;
     s.on_header_field = &Parser::on_header_field;
     s.on_header_value = &Parser::on_header_value;
+    s.on_header_field_complete = &Parser::on_header_field_complete;
+    s.on_header_value_complete = &Parser::on_header_value_complete;
     s.on_headers_complete = &Parser::on_headers_complete;
     s.on_body = &Parser::on_body;
     s.on_message_complete = &Parser::on_message_complete;
@@ -45,6 +47,10 @@ void Parser::reset(bool head_request) {
   needs_eof_ = false;
   paused_ = false;
   head_bytes_ = 0;
+  trailer_name_ = false;
+  trailer_value_done_ = false;
+  feed_start_ = nullptr;
+  tail_newline_ = false;
   body_spans_.clear();
   error_ = {};
   reason_ = {};
@@ -91,7 +97,13 @@ int Parser::on_status(llhttp_t* p, const char* at, std::size_t n) {
 
 int Parser::on_header_field(llhttp_t* p, const char* at, std::size_t n) {
   Parser& s = self(p);
-  if (s.state_ != State::head) return 0;  // trailer fields travel raw inside the body
+  if (s.state_ != State::head) {  // trailer fields travel raw inside the body
+    if (n > 0) {
+      s.trailer_name_ = true;
+      s.trailer_value_done_ = false;
+    }
+    return 0;
+  }
   const Span piece = s.span_of(at, n);
   if (s.last_ == Last::field) {
     return extend(s.head_.fields.back().name, piece) ? 0 : -1;
@@ -105,9 +117,48 @@ int Parser::on_header_field(llhttp_t* p, const char* at, std::size_t n) {
   return 0;
 }
 
+// True when a trailer value piece at `at` starts a new line (obs-fold): only whitespace lies
+// between it and the previous LF, in this feed or at the end of the previous one.
+bool Parser::trailer_fold(const char* at) const noexcept {
+  const char* p = at;
+  while (p > feed_start_ && (p[-1] == ' ' || p[-1] == '\t'))
+    --p;
+  if (p > feed_start_) return p[-1] == '\n';
+  return tail_newline_;
+}
+
+int Parser::on_header_field_complete(llhttp_t* p) {
+  Parser& s = self(p);
+  if (s.state_ != State::head && !s.trailer_name_) {
+    s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response, "empty field name in the trailer");
+    return HPE_USER;
+  }
+  return 0;
+}
+
+int Parser::on_header_value_complete(llhttp_t* p) {
+  Parser& s = self(p);
+  if (s.state_ != State::head) {
+    s.trailer_value_done_ = true;
+    s.trailer_name_ = false;
+  }
+  return 0;
+}
+
 int Parser::on_header_value(llhttp_t* p, const char* at, std::size_t n) {
   Parser& s = self(p);
-  if (s.state_ != State::head) return 0;
+  if (s.state_ != State::head) {
+    if (n > 0 && (!s.trailer_name_ || s.trailer_value_done_ || s.trailer_fold(at))) {
+      s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response,
+             "obsolete line folding or an empty field name in the trailer");
+      return HPE_USER;
+    }
+    return 0;
+  }
+  if (s.head_.fields.empty()) {  // a value without a field name
+    s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response, "empty field name");
+    return HPE_USER;
+  }
   const Span piece = s.span_of(at, n);
   Span& value = s.head_.fields.back().value;
   if (s.last_ == Last::value) {
@@ -181,6 +232,7 @@ Parser::Event Parser::feed(const char* base, std::size_t offset, std::size_t len
   }
   const State before = state_;
   const char* data = base + offset;
+  feed_start_ = data;
   const llhttp_errno_t rc = llhttp_execute(&parser_, data, len);
   switch (rc) {
     case HPE_OK: consumed = len; break;
@@ -211,6 +263,11 @@ Parser::Event Parser::feed(const char* base, std::size_t offset, std::size_t len
       return Event::head;
     }
   }
+  // Whether this feed ended on a new line, for a trailer fold that straddles two feeds.
+  const char* p = data + consumed;
+  while (p > data && (p[-1] == ' ' || p[-1] == '\t'))
+    --p;
+  if (p > data) tail_newline_ = p[-1] == '\n';
   return state_ == State::done ? Event::message : Event::need_more;
 }
 

@@ -72,6 +72,9 @@ class Parser {
   static int on_status(llhttp_t* p, const char* at, std::size_t n);
   static int on_header_field(llhttp_t* p, const char* at, std::size_t n);
   static int on_header_value(llhttp_t* p, const char* at, std::size_t n);
+  static int on_header_field_complete(llhttp_t* p);
+  static int on_header_value_complete(llhttp_t* p);
+  bool trailer_fold(const char* at) const noexcept;
   static int on_headers_complete(llhttp_t* p);
   static int on_body(llhttp_t* p, const char* at, std::size_t n);
   static int on_message_complete(llhttp_t* p);
@@ -93,6 +96,11 @@ class Parser {
   bool needs_eof_{false};
   bool paused_{false};
   std::size_t head_bytes_{0};
+  // Trailer fields travel raw in the body, but are checked as strictly as the head's.
+  bool trailer_name_{false};        // the current trailer field has a name
+  bool trailer_value_done_{false};  // its value ended: another piece would be obs-fold
+  const char* feed_start_{nullptr};
+  bool tail_newline_{false};  // the previous feed ended with LF and optional whitespace
   std::vector<Span> body_spans_;
   std::error_code error_;
   std::string_view reason_;

@@ -1,5 +1,7 @@
 #include "http/rewrite.hpp"
 
+#include <llhttp.h>
+
 #include <algorithm>
 #include <array>
 #include <charconv>
@@ -132,10 +134,53 @@ OriginForm origin_form(const char* base, const Head& head) noexcept {
 
 bool valid_authority(std::string_view authority) noexcept {
   // uri-host [":" port] (RFC 9110 §7.2, RFC 3986 §3.2.2); no userinfo (RFC 9110 §4.2.4).
-  for (char c : authority) {
+  // An empty value is what a client sends when the target has no authority (RFC 9112 §3.2).
+  auto hex = [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); };
+  std::string_view host = authority;
+  std::string_view port;
+  bool has_port = false;
+  if (!authority.empty() && authority.front() == '[') {
+    // IP-literal: an IPv6 address (or IPvFuture) in brackets.
+    const auto close = authority.find(']');
+    if (close == std::string_view::npos || close < 3) return false;
+    const std::string_view inside = authority.substr(1, close - 1);
+    const bool ipv6 = std::all_of(inside.begin(), inside.end(), [&](char c) { return hex(c) || c == ':' || c == '.'; });
+    const bool future = inside.front() == 'v' || inside.front() == 'V';
+    if (!ipv6 && !future) return false;
+    const std::string_view rest = authority.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest.front() != ':') return false;
+      has_port = true;
+      port = rest.substr(1);
+    }
+    host = {};
+  } else if (const auto colon = authority.find(':'); colon != std::string_view::npos) {
+    host = authority.substr(0, colon);
+    port = authority.substr(colon + 1);
+    has_port = true;
+  }
+  // reg-name / IPv4address: unreserved, pct-encoded, sub-delims.
+  for (std::size_t i = 0; i < host.size(); ++i) {
+    const char c = host[i];
+    if (c == '%') {
+      if (i + 2 >= host.size() || !hex(host[i + 1]) || !hex(host[i + 2])) return false;
+      i += 2;
+      continue;
+    }
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                    std::string_view("-._~%!$&'()*+,;=:[]").find(c) != std::string_view::npos;
+                    std::string_view("-._~!$&'()*+,;=").find(c) != std::string_view::npos;
     if (!ok) return false;
+  }
+  if (has_port) {
+    // port = *DIGIT; more than 65535 names no TCP port.
+    if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return false;
+    }
+    unsigned value = 0;
+    for (const char c : port)
+      value = value * 10 + static_cast<unsigned>(c - '0');
+    if (value > 65535) return false;
+    if (host.empty() && authority.front() != '[') return false;  // ":80"
   }
   return true;
 }
@@ -149,18 +194,38 @@ Rejection validate_request(const char* base, const Head& head) {
   if (target.find('#') != std::string_view::npos) return {400, "fragment in the request target"};
   std::string_view authority;
   std::string_view path;
-  if (split_absolute_form(target, authority, path) && (authority.empty() || !valid_authority(authority))) {
+  const bool absolute = split_absolute_form(target, authority, path);
+  if (absolute && (authority.empty() || !valid_authority(authority))) {
     return {400, "invalid authority in the request target"};
   }
+  // origin-form, absolute-form (http and https), or asterisk-form for OPTIONS (RFC 9112 §3.2).
+  if (head.method == HTTP_CONNECT) {
+    // authority-form: the caller refuses CONNECT (405) on its own.
+  } else if (target == "*") {
+    if (head.method != HTTP_OPTIONS) return {400, "the asterisk-form target is for OPTIONS only"};
+  } else if (!absolute && (target.empty() || target.front() != '/')) {
+    return {400, "invalid request target"};
+  }
   int hosts = 0;
+  int transfer_encodings = 0;
   for (const Field& f : head.fields) {
-    if (!iequals(f.name.view(base), "host")) continue;
+    const std::string_view name = f.name.view(base);
+    if (name.empty()) return {400, "empty field name"};
+    if (iequals(name, "transfer-encoding")) ++transfer_encodings;
+    if (!iequals(name, "host")) continue;
     ++hosts;
     if (!valid_authority(f.value.view(base))) return {400, "invalid Host header"};
   }
   if (hosts > 1) return {400, "more than one Host header"};
   if (hosts == 0 && head.is_http11()) return {400, "missing Host header"};
-  if (head.chunked && !head.is_http11()) return {400, "Transfer-Encoding in an HTTP/1.0 request"};
+  if (transfer_encodings > 0 && !head.is_http11()) return {400, "Transfer-Encoding in an HTTP/1.0 request"};
+  // RFC 9112 §6.3: with Transfer-Encoding, chunked must be the final coding, and a
+  // Content-Length beside it makes the framing ambiguous (both: 400 and close). An empty
+  // Transfer-Encoding counts: a hop that reads it as chunked would frame the body otherwise.
+  if (transfer_encodings > 0 && !head.chunked) return {400, "Transfer-Encoding without chunked as final coding"};
+  if (transfer_encodings > 0 && head.has_content_length) {
+    return {400, "both Transfer-Encoding and Content-Length"};
+  }
   return {};
 }
 
@@ -253,7 +318,7 @@ void write_request_head(std::string& out, const char* base, const Head& head, co
     return is_hop_by_hop(name, scratch, head.upgrade);
   });
   append_field(out, "X-Forwarded-Proto", rw.proto);
-  if (!host.empty()) append_field(out, "X-Forwarded-Host", host);
+  if ((absolute || host_index >= 0) && !host.empty()) append_field(out, "X-Forwarded-Host", host);
   append_edits(out, rw.edits);
   if (head.upgrade) append_field(out, "Connection", "upgrade");
   out.append("\r\n");

@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include <string>
+#include <vector>
 
 using weldr::http::Parser;
 using Event = Parser::Event;
@@ -155,4 +156,52 @@ TEST_CASE("interim responses are messages of their own", "[parser]") {
   CHECK(f.parser.head().status == 100);
   std::size_t used = 0;
   CHECK(f.parser.feed(f.buffer.data(), f.parsed, 0, used) == Event::message);
+}
+
+namespace {
+
+// Feeds a whole request in separate feeds, each starting at the buffer's start (as the proxy's
+// body pump does after consuming what it fed): the result of the last feed.
+Event feed_pieces(Parser& parser, const std::vector<std::string>& pieces) {
+  Event e = Event::need_more;
+  std::string buffer;
+  for (const auto& piece : pieces) {
+    buffer = piece;
+    std::size_t used = 0;
+    e = parser.feed(buffer.data(), 0, buffer.size(), used);
+    if (e == Event::error) return e;
+    if (e == Event::head) {
+      std::size_t more = 0;
+      e = parser.feed(buffer.data(), used, buffer.size() - used, more);
+      if (e == Event::error) return e;
+    }
+  }
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("trailer fields get the head's checks, also when split over feeds", "[parser]") {
+  const std::string head = "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+  SECTION("a valid trailer, whole or split anywhere, is accepted") {
+    for (const auto& pieces :
+         std::vector<std::vector<std::string>>{{head + "5\r\nhello\r\n0\r\nX-T: ab\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T: a", "b\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T:", " ab\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T: ab\r\n", "Y: c\r\n\r\n"}}) {
+      Parser parser(Parser::Kind::request, 64 * 1024, 100);
+      CHECK(feed_pieces(parser, pieces) == Event::message);
+    }
+  }
+  SECTION("obs-fold and an empty name are refused, also across feeds") {
+    for (const auto& pieces :
+         std::vector<std::vector<std::string>>{{head + "5\r\nhello\r\n0\r\nX-T: a\r\n b\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T: a\r\n", " b\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T: a\r\n ", "b\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\nX-T:\r\n b\r\n\r\n"},
+                                               {head + "5\r\nhello\r\n0\r\n: a\r\n\r\n"}}) {
+      Parser parser(Parser::Kind::request, 64 * 1024, 100);
+      CHECK(feed_pieces(parser, pieces) == Event::error);
+    }
+  }
 }

@@ -153,3 +153,17 @@ TEST_CASE("token lists", "[rewrite]") {
   CHECK_FALSE(is_idempotent("POST"));
   CHECK_FALSE(is_idempotent("PATCH"));
 }
+
+TEST_CASE("valid_authority: uri-host and a numeric port", "[rewrite]") {
+  using weldr::http::valid_authority;
+  for (const char* good : {"", "a.example", "a.example:80", "a.example:", "127.0.0.1:8080", "[::1]", "[::1]:443",
+                           "[v1.x]", "xn--caf-dma.example", "a%20b", "a_b~c!$&'()*+,;=d"}) {
+    INFO(good);
+    CHECK(valid_authority(good));
+  }
+  for (const char* bad : {"a.example:http", "a.example:80:81", "[::1", "[::1]x", "[]", ":80", "a.example:65536",
+                          "a.example:123456", "user@a.example", "a b", "a%2", "a%zz", "[::g]", "a/b"}) {
+    INFO(bad);
+    CHECK_FALSE(valid_authority(bad));
+  }
+}
