@@ -98,7 +98,7 @@ std::string HealthCheckOptions::validate() const {
 std::optional<HealthCheckOptions> apply_check_json(const HealthCheckOptions& base, std::string_view json,
                                                    std::string& error) {
   rapidjson::Document doc;
-  doc.Parse(json.data(), json.size());
+  doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(json.data(), json.size());
   if (doc.HasParseError()) {
     error = fmt::format("invalid JSON at offset {}: {}", doc.GetErrorOffset(),
                         rapidjson::GetParseError_En(doc.GetParseError()));

@@ -117,7 +117,7 @@ void check_members(const std::string& path, const std::string& where, const rapi
 std::vector<StoredBackend> parse_state(const std::string& path, const std::string& text) {
   if (text.empty()) fail(path, "the file is empty (expected a JSON object with \"version\" and \"servers\")");
   rapidjson::Document doc;
-  doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
+  doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
   if (doc.HasParseError()) {
     fail(path, fmt::format("invalid JSON at offset {}: {}", doc.GetErrorOffset(),
                            rapidjson::GetParseError_En(doc.GetParseError())));
@@ -184,7 +184,7 @@ std::string serialize_state(const std::vector<StoredBackend>& backends) {
   for (std::size_t i = 0; i < backends.size(); ++i) {
     const std::string& check = backends[i].check;
     if (check.empty()) continue;
-    checks[i].Parse(check.data(), check.size());
+    checks[i].Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(check.data(), check.size());
     if (checks[i].HasParseError() || !checks[i].IsObject()) {
       throw std::invalid_argument(
           fmt::format("backend {}: health-check settings are not a JSON object: {}", backends[i].url, quoted(check)));

@@ -146,7 +146,7 @@ std::string label(std::string_view value) {
 
 std::optional<Registration> parse_registration(std::string_view body, std::string& error) {
   rapidjson::Document doc;
-  doc.Parse(body.data(), body.size());
+  doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(), body.size());
   if (doc.HasParseError()) {
     error = fmt::format("invalid JSON at offset {}: {}", doc.GetErrorOffset(),
                         rapidjson::GetParseError_En(doc.GetParseError()));

@@ -97,11 +97,9 @@ int Parser::on_status(llhttp_t* p, const char* at, std::size_t n) {
 
 int Parser::on_header_field(llhttp_t* p, const char* at, std::size_t n) {
   Parser& s = self(p);
-  if (s.state_ != State::head) {  // trailer fields travel raw inside the body
-    if (n > 0) {
-      s.trailer_name_ = true;
-      s.trailer_value_done_ = false;
-    }
+  if (n > 0) s.trailer_name_ = true;  // (for the head too: the field has a name)
+  if (s.state_ != State::head) {      // trailer fields travel raw inside the body
+    if (n > 0) s.trailer_value_done_ = false;
     return 0;
   }
   const Span piece = s.span_of(at, n);
@@ -129,8 +127,8 @@ bool Parser::trailer_fold(const char* at) const noexcept {
 
 int Parser::on_header_field_complete(llhttp_t* p) {
   Parser& s = self(p);
-  if (s.state_ != State::head && !s.trailer_name_) {
-    s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response, "empty field name in the trailer");
+  if (!s.trailer_name_) {  // field-name = token (RFC 9110 §5.1): never empty
+    s.fail(s.kind_ == Kind::request ? errc::bad_request : errc::bad_response, "empty field name");
     return HPE_USER;
   }
   return 0;
@@ -138,10 +136,8 @@ int Parser::on_header_field_complete(llhttp_t* p) {
 
 int Parser::on_header_value_complete(llhttp_t* p) {
   Parser& s = self(p);
-  if (s.state_ != State::head) {
-    s.trailer_value_done_ = true;
-    s.trailer_name_ = false;
-  }
+  s.trailer_name_ = false;
+  if (s.state_ != State::head) s.trailer_value_done_ = true;
   return 0;
 }
 
@@ -195,9 +191,22 @@ int Parser::on_headers_complete(llhttp_t* p) {
   h.has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
   h.content_length = h.has_content_length ? p->content_length : 0;
   h.upgrade = p->upgrade != 0;
-  if (s.kind_ == Kind::response && s.head_request_) {
-    // The response to HEAD has no body whatever its framing says (RFC 9110 §9.3.2).
-    p->flags |= F_SKIPBODY;
+  if (s.kind_ == Kind::response) {
+    // reason-phrase = *( HTAB / SP / VCHAR / obs-text ) (RFC 9112 §4): a control character
+    // would reach the client.
+    for (const char c : h.reason.view(s.base_)) {
+      const auto byte = static_cast<unsigned char>(c);
+      if ((byte < 0x20 && byte != '\t') || byte == 0x7f) {
+        s.fail(errc::bad_response, "control character in the reason phrase");
+        return HPE_USER;
+      }
+    }
+    // The response to HEAD, and a 204 or 304, have no body whatever their framing says (RFC
+    // 9110 §9.3.2, RFC 9112 §6.3). Bytes the server sends after such a head anyway are no
+    // response of ours: the connection is not reused.
+    const bool bodiless = h.status == 204 || h.status == 304;
+    if (s.head_request_ || bodiless) p->flags |= F_SKIPBODY;
+    if (bodiless && (h.chunked || h.content_length > 0) && !s.head_request_) h.keep_alive = false;
   }
   s.needs_eof_ = llhttp_message_needs_eof(p) != 0;
   s.state_ = State::body;

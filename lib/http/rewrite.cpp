@@ -233,7 +233,7 @@ bool valid_origin_form(std::string_view target) noexcept {
   if (target.empty() || target.front() != '/') return false;
   return std::all_of(target.begin(), target.end(), [](char c) {
     const auto byte = static_cast<unsigned char>(c);
-    return byte > 0x20 && byte < 0x7f;
+    return byte > 0x20 && byte < 0x7f && c != '#';  // no fragment in a request target
   });
 }
 
@@ -317,8 +317,16 @@ void write_request_head(std::string& out, const char* base, const Head& head, co
     if (iequals(name, "x-forwarded-proto") || iequals(name, "x-forwarded-host")) return true;
     return is_hop_by_hop(name, scratch, head.upgrade);
   });
-  append_field(out, "X-Forwarded-Proto", rw.proto);
-  if ((absolute || host_index >= 0) && !host.empty()) append_field(out, "X-Forwarded-Host", host);
+  // weldr's own X-Forwarded-Proto and -Host, unless a hook set or removed them (one of each).
+  auto hook_owns = [&](std::string_view name) {
+    return rw.edits != nullptr &&
+           (rw.edits->removes(name) || std::any_of(rw.edits->added().begin(), rw.edits->added().end(),
+                                                   [&](const HeaderField& f) { return iequals(f.name, name); }));
+  };
+  if (!hook_owns("x-forwarded-proto")) append_field(out, "X-Forwarded-Proto", rw.proto);
+  if ((absolute || host_index >= 0) && !host.empty() && !hook_owns("x-forwarded-host")) {
+    append_field(out, "X-Forwarded-Host", host);
+  }
   append_edits(out, rw.edits);
   if (head.upgrade) append_field(out, "Connection", "upgrade");
   out.append("\r\n");
@@ -331,8 +339,14 @@ void write_response_head(std::string& out, const char* base, const Head& head, c
   append_number(out, head.status);
   out.push_back(' ');
   out.append(head.reason.view(base)).append("\r\n");
+  // A 204 has no body and must not say otherwise (RFC 9110 §8.6, RFC 9112 §6.1), nor may a 304
+  // claim a transfer coding: such framing fields from a server are dropped, not relayed.
+  const bool no_framing = head.status == 204;
+  const bool no_coding = head.status == 204 || head.status == 304;
   copy_fields(out, base, head, rw.via, {}, [&](std::string_view name) {
     if (rw.dechunk && iequals(name, "transfer-encoding")) return true;
+    if (no_framing && iequals(name, "content-length")) return true;
+    if (no_coding && iequals(name, "transfer-encoding")) return true;
     if (edit_removes(rw.edits, name)) return true;
     return is_hop_by_hop(name, scratch, rw.upgrade);
   });

@@ -226,6 +226,52 @@ TEST_CASE("an invalid response from the origin gives 502", "[integration]") {
   }
 }
 
+TEST_CASE("a 204 or 304 has no body whatever its framing says: no desync, no stall", "[integration]") {
+  // RFC 9112 §6.3: a 204 or 304 ends at its head. A server that sends bytes after it anyway
+  // must not have them read as that response's body, nor as the next response.
+  Origin origin([](const RecordedRequest& request) {
+    if (request.path() == "/204") {
+      return Reply{.raw =
+                       "HTTP/1.1 204 No Content\r\nContent-Length: 43\r\n\r\n"
+                       "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!"};
+    }
+    if (request.path() == "/304") {
+      // A 304 may carry the representation's Content-Length (RFC 9110 §8.6): no body follows.
+      return Reply{.raw = "HTTP/1.1 304 Not Modified\r\nContent-Length: 1000\r\n\r\n"};
+    }
+    if (request.path() == "/reason") {
+      static constexpr char kNul[] = "HTTP/1.1 200 O\0K\r\nContent-Length: 0\r\n\r\n";
+      return Reply{.raw = std::string(kNul, sizeof kNul - 1)};
+    }
+    return Origin::default_reply(request);
+  });
+  TestProxy proxy({origin.endpoint_url()});
+  Client client(proxy.port());
+  const Response no_content = client.exchange(make_request("GET", "/204"));
+  INFO(no_content.describe());
+  REQUIRE(no_content.complete);
+  CHECK(no_content.status == 204);
+  CHECK(no_content.body.empty());
+  const Response next = client.exchange(make_request("GET", "/"));
+  INFO(next.describe());
+  CHECK(next.status == 200);
+  CHECK(next.body == "Hello World");
+
+  Client revalidating(proxy.port());
+  const Response not_modified = revalidating.exchange(make_request("GET", "/304"), /*head_request=*/true);
+  INFO(not_modified.describe());
+  REQUIRE(not_modified.complete);
+  CHECK(not_modified.status == 304);
+  CHECK(not_modified.header("Content-Length") == "1000");  // kept: it describes the representation
+  // weldr did not wait for a body that never comes: the backend has no failure, and the
+  // connection goes on.
+  CHECK(revalidating.exchange(make_request("GET", "/")).status == 200);
+  CHECK(proxy.pool().list().at(0)->failures() == 0);
+
+  // A control character in the reason phrase is an invalid response.
+  CHECK(Client(proxy.port()).exchange(make_request("GET", "/reason")).status == 502);
+}
+
 TEST_CASE("a backend that dies mid-response makes the proxy close the client connection", "[integration]") {
   // The origin promises 1 MiB and sends the head and about 900 bytes of it.
   Reply truncated{.body = std::string(1024 * 1024, 'x'), .close_after_bytes = 1000};
