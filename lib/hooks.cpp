@@ -29,6 +29,10 @@ bool HeaderEdits::removes(std::string_view name) const noexcept {
   return std::any_of(removed_.begin(), removed_.end(), [&](const std::string& n) { return http::iequals(n, name); });
 }
 
+bool HeaderEdits::adds(std::string_view name) const noexcept {
+  return std::any_of(added_.begin(), added_.end(), [&](const HeaderField& f) { return http::iequals(f.name, name); });
+}
+
 void HeaderEdits::clear() noexcept {
   removed_.clear();
   added_.clear();

@@ -187,11 +187,15 @@ std::shared_ptr<const Pool::Snapshot> Pool::snapshot() const {
 void Pool::publish(std::vector<std::shared_ptr<Backend>> backends) {
   auto next = std::make_shared<Snapshot>();
   next->backends = std::move(backends);
-  next->version = current_->version + 1;
   next->balancer = current_->balancer;
   next->slow_start = current_->slow_start;
   for (const auto& b : next->backends)
     next->max_weight = std::max(next->max_weight, b->weight());
+  install(std::move(next));
+}
+
+void Pool::install(std::shared_ptr<Snapshot> next) {
+  next->version = current_->version + 1;
   current_ = std::move(next);
   version_.store(current_->version, std::memory_order_release);
 }
@@ -359,9 +363,7 @@ void Pool::set_balancer(std::shared_ptr<Balancer> balancer) {
   std::lock_guard lock(mutex_);
   auto next = std::make_shared<Snapshot>(*current_);
   next->balancer = std::move(balancer);
-  next->version = current_->version + 1;
-  current_ = std::move(next);
-  version_.store(current_->version, std::memory_order_release);
+  install(std::move(next));
 }
 
 std::shared_ptr<Balancer> Pool::balancer() const {
@@ -372,9 +374,7 @@ void Pool::set_slow_start(std::chrono::milliseconds window) {
   std::lock_guard lock(mutex_);
   auto next = std::make_shared<Snapshot>(*current_);
   next->slow_start = std::max(window, std::chrono::milliseconds(0));
-  next->version = current_->version + 1;
-  current_ = std::move(next);
-  version_.store(current_->version, std::memory_order_release);
+  install(std::move(next));
 }
 
 std::chrono::milliseconds Pool::slow_start() const {

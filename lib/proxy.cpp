@@ -25,7 +25,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cerrno>
 #include <list>
 #include <unordered_map>
@@ -1210,12 +1209,7 @@ std::optional<HashKey> parse_hash_key(std::string_view text) {
                                        std::pair{std::string_view("cookie:"), HashKey::Source::cookie}}) {
     if (!text.starts_with(prefix)) continue;
     const std::string_view name = text.substr(prefix.size());
-    // A header name is a token (RFC 9110 §5.1), and so is a cookie name (RFC 6265 §4.1.1).
-    const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](unsigned char c) {
-      return std::isalnum(c) ||
-             std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) != std::string_view::npos;
-    });
-    if (!token) return std::nullopt;
+    if (!http::is_token(name)) return std::nullopt;  // header and cookie names are tokens
     return HashKey{source, std::string(name)};
   }
   return std::nullopt;

@@ -44,6 +44,8 @@ class HeaderEdits {
   [[nodiscard]] const std::vector<HeaderField>& added() const noexcept { return added_; }
   /// True when a field named `name` is to be left out.
   [[nodiscard]] bool removes(std::string_view name) const noexcept;
+  /// True when a field named `name` is to be appended.
+  [[nodiscard]] bool adds(std::string_view name) const noexcept;
   /// Forgets every change (keeps the capacity).
   void clear() noexcept;
 

@@ -240,6 +240,7 @@ class Pool {
   struct Snapshot;
   std::shared_ptr<const Snapshot> snapshot() const;
   void publish(std::vector<std::shared_ptr<Backend>> backends);  // requires mutex_
+  void install(std::shared_ptr<Snapshot> next);                  // requires mutex_
   void erase_drained(const Backend& backend);
   void notify(PoolEvent::Kind kind, std::shared_ptr<Backend> backend);  // requires notify_mutex_
   void maybe_eject(Backend& backend);

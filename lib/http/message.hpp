@@ -72,6 +72,10 @@ void for_each_token(std::string_view value, Fn&& fn) {
   }
 }
 
+/// True when `text` is a token (RFC 9110 §5.6.2): one or more tchar. Field names are tokens,
+/// and so are cookie names (RFC 6265 §4.1.1).
+bool is_token(std::string_view text) noexcept;
+
 /// True when the comma-separated list `value` contains `token` (case-insensitive).
 bool list_contains(std::string_view value, std::string_view token) noexcept;
 

@@ -254,11 +254,7 @@ bool edit_removes(const HeaderEdits* edits, std::string_view name) {
 // A field name is a token (RFC 9110 §5.1); a value is field-vchar, obs-text, SP and HTAB
 // (§5.5): anything else (CR, LF, NUL, other controls) could be read differently by the next hop.
 bool valid_field(std::string_view name, std::string_view value) {
-  const bool token = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
-  });
-  return token && std::all_of(value.begin(), value.end(), [](char c) {
+  return is_token(name) && std::all_of(value.begin(), value.end(), [](char c) {
            const auto byte = static_cast<unsigned char>(c);
            return byte == '\t' || (byte >= 0x20 && byte != 0x7f);
          });
@@ -304,9 +300,7 @@ void write_request_head(std::string& out, const char* base, const Head& head, co
     host = rw.default_host;
   }
   // HTTP/1.1 requires a Host: a hook may replace it, not remove it.
-  const bool host_replaced = rw.edits != nullptr && rw.edits->removes("host") &&
-                             std::any_of(rw.edits->added().begin(), rw.edits->added().end(),
-                                         [](const HeaderField& f) { return iequals(f.name, "host"); });
+  const bool host_replaced = rw.edits != nullptr && rw.edits->removes("host") && rw.edits->adds("host");
   if ((absolute || host_index < 0) && !host_replaced) append_field(out, "Host", host);
 
   copy_fields(out, base, head, rw.via, rw.client_address, [&](std::string_view name) {
@@ -319,9 +313,7 @@ void write_request_head(std::string& out, const char* base, const Head& head, co
   });
   // weldr's own X-Forwarded-Proto and -Host, unless a hook set or removed them (one of each).
   auto hook_owns = [&](std::string_view name) {
-    return rw.edits != nullptr &&
-           (rw.edits->removes(name) || std::any_of(rw.edits->added().begin(), rw.edits->added().end(),
-                                                   [&](const HeaderField& f) { return iequals(f.name, name); }));
+    return rw.edits != nullptr && (rw.edits->removes(name) || rw.edits->adds(name));
   };
   if (!hook_owns("x-forwarded-proto")) append_field(out, "X-Forwarded-Proto", rw.proto);
   if ((absolute || host_index >= 0) && !host.empty() && !hook_owns("x-forwarded-host")) {
