@@ -8,6 +8,7 @@
 #include <weldr/stats.hpp>
 
 #include "client.hpp"
+#include "fixtures.hpp"
 #include "origin.hpp"
 
 #include <rapidjson/document.h>
@@ -118,39 +119,6 @@ class Harness {
   std::thread thread_;
   std::uint16_t api_port_{0};
   std::uint16_t proxy_port_{0};
-};
-
-/// Holds the origin's answer to requests for one path until opened, so that a request stays in
-/// flight exactly as long as a test needs; opens itself when destroyed. Declare it after the
-/// Origin whose handler it makes, so that it opens before that Origin joins its thread.
-class Gate {
- public:
-  Gate() : opened_(promise_.get_future().share()) {}
-  ~Gate() { open(); }
-  Gate(const Gate&) = delete;
-  Gate& operator=(const Gate&) = delete;
-
-  /// Lets held requests (and later ones) be answered.
-  void open() {
-    if (open_) return;
-    open_ = true;
-    promise_.set_value();
-  }
-
-  /// A handler that holds `path` until open() (at most 10 s), then answers 200 "released";
-  /// other paths get the origin's default behaviour.
-  [[nodiscard]] Handler handler(std::string path) const {
-    return [path = std::move(path), opened = opened_](const RecordedRequest& request) {
-      if (request.path() != path) return Origin::default_reply(request);
-      static_cast<void>(opened.wait_for(10s));
-      return Reply{.body = "released"};
-    };
-  }
-
- private:
-  std::promise<void> promise_;
-  std::shared_future<void> opened_;
-  bool open_{false};
 };
 
 /// A fresh directory under /tmp, removed with its content at the end.

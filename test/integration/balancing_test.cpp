@@ -11,6 +11,7 @@
 #include <weldr/proxy.hpp>
 
 #include "client.hpp"
+#include "fixtures.hpp"
 #include "origin.hpp"
 
 #include <asio/executor_work_guard.hpp>
@@ -136,72 +137,6 @@ struct Flaky {
       return Origin::default_reply(request);
     };
   }
-};
-
-/// A HealthChecker over a Pool, on an io_context run by a thread of its own (as a host runs it
-/// on its control loop). It is created and started before the thread runs. The Pool must
-/// outlive it.
-class CheckerThread {
- public:
-  CheckerThread(weldr::Pool& pool, HealthCheckOptions options)
-      : checker_(std::make_unique<weldr::HealthChecker>(io_, pool, std::move(options))) {
-    checker_->start();
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] { io_.run(); });
-  }
-
-  ~CheckerThread() {
-    // Stop and destroy the checker on its own thread, then let the loop end.
-    auto task = std::make_shared<std::packaged_task<void()>>([this] {
-      checker_->stop();
-      checker_.reset();
-    });
-    auto done = task->get_future();
-    asio::post(io_, [task] { (*task)(); });
-    static_cast<void>(done.wait_for(10s));
-    work_.reset();
-    io_.stop();
-    thread_.join();
-  }
-
-  CheckerThread(const CheckerThread&) = delete;
-  CheckerThread& operator=(const CheckerThread&) = delete;
-
- private:
-  asio::io_context io_;
-  std::unique_ptr<weldr::HealthChecker> checker_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::thread thread_;
-};
-
-/// Holds the requests for one path until open() (at most 10 s); lets them go when destroyed.
-class Gate {
- public:
-  Gate() : opened_(promise_.get_future().share()) {}
-  ~Gate() { open(); }
-  Gate(const Gate&) = delete;
-  Gate& operator=(const Gate&) = delete;
-
-  void open() {
-    if (open_) return;
-    open_ = true;
-    promise_.set_value();
-  }
-
-  /// A handler that holds `path` until the gate opens, then answers 200 "released"; other
-  /// paths get the origin's default behaviour.
-  [[nodiscard]] Handler handler(std::string path) const {
-    return [path = std::move(path), opened = opened_](const RecordedRequest& request) {
-      if (request.path() != path) return Origin::default_reply(request);
-      static_cast<void>(opened.wait_for(10s));
-      return Reply{.body = "released"};
-    };
-  }
-
- private:
-  std::promise<void> promise_;
-  std::shared_future<void> opened_;
-  bool open_{false};
 };
 
 /// Lowers the library's log level to errors for the life of the guard (for tests that provoke

@@ -9,6 +9,7 @@
 #include <weldr/stats.hpp>
 
 #include "client.hpp"
+#include "fixtures.hpp"
 #include "origin.hpp"
 
 #include <rapidjson/document.h>
@@ -97,71 +98,6 @@ std::size_t count_path(const Origin& origin, std::string_view path) {
   return static_cast<std::size_t>(
       std::count_if(requests.begin(), requests.end(), [&](const RecordedRequest& r) { return r.path() == path; }));
 }
-
-/// A HealthChecker over a Pool, on an io_context run by a thread of its own.
-///
-/// The checker is created and started before the thread runs; afterwards every call that must
-/// run on its thread goes through call(). The Pool must outlive it.
-class CheckerThread {
- public:
-  CheckerThread(weldr::Pool& pool, HealthCheckOptions options)
-      : checker_(std::make_unique<weldr::HealthChecker>(io_, pool, std::move(options))) {
-    checker_->start();
-    work_.emplace(io_.get_executor());
-    thread_ = std::thread([this] {
-      io_.run();
-      ran_out_.set_value();
-    });
-  }
-
-  ~CheckerThread() { static_cast<void>(shutdown()); }
-
-  CheckerThread(const CheckerThread&) = delete;
-  CheckerThread& operator=(const CheckerThread&) = delete;
-
-  /// The checker; its thread-safe members (status, defaults, set_defaults) may be called from
-  /// the test's thread.
-  [[nodiscard]] weldr::HealthChecker& checker() { return *checker_; }
-
-  /// Runs `f` on the checker's thread and waits (at most 10 s) until it has returned.
-  void call(std::function<void()> f) {
-    auto task = std::make_shared<std::packaged_task<void()>>(std::move(f));
-    auto done = task->get_future();
-    asio::post(io_, [task] { (*task)(); });
-    if (done.wait_for(10s) != std::future_status::ready) {
-      throw std::runtime_error("the checker's thread did not run a posted call within 10 s");
-    }
-    done.get();
-  }
-
-  /// Stops and destroys the checker on its thread, then lets the io_context run out of work;
-  /// true when it did within 5 s (otherwise it is stopped by force).
-  bool shutdown() {
-    if (!thread_.joinable()) return drained_;
-    try {
-      call([this] {
-        checker_->stop();
-        checker_.reset();
-      });
-    } catch (const std::exception&) {
-      // Reported through the return value: the loop is stopped by force below.
-    }
-    work_.reset();
-    drained_ = ran_out_.get_future().wait_for(5s) == std::future_status::ready;
-    if (!drained_) io_.stop();
-    thread_.join();
-    checker_.reset();
-    return drained_;
-  }
-
- private:
-  asio::io_context io_;
-  std::unique_ptr<weldr::HealthChecker> checker_;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work_;
-  std::promise<void> ran_out_;
-  std::thread thread_;
-  bool drained_{false};
-};
 
 /// An origin's behaviour that a test switches at any time: healthy, or closing every
 /// connection without an answer (as a crashed process behind a live port would).
