@@ -136,6 +136,32 @@ struct Message {
   std::vector<std::pair<std::string, std::string>> fields;
 };
 
+// The targets' own model of RFC 9110's field classes, written apart from lib/http/rewrite.cpp
+// on purpose: a model that called the code under test could not catch its mistakes.
+
+/// This hop's Via entry, as the targets configure it.
+constexpr std::string_view kVia = "1.1 weldr";
+
+/// Fields for one connection only (RFC 9110 §7.6.1) and this hop's proxy credentials (§11.7).
+inline bool hop_by_hop(std::string_view name) {
+  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization",
+                             "proxy-authenticate", "upgrade"}) {
+    if (weldr::http::iequals(name, h)) return true;
+  }
+  return false;
+}
+
+/// Fields that frame or route a message, never dropped through Connection.
+inline bool framing(std::string_view name) {
+  using weldr::http::iequals;
+  return iequals(name, "content-length") || iequals(name, "transfer-encoding") || iequals(name, "host");
+}
+
+/// ASCII case-insensitive prefix test.
+inline bool starts_with_ci(std::string_view s, std::string_view prefix) {
+  return s.size() >= prefix.size() && weldr::http::iequals(s.substr(0, prefix.size()), prefix);
+}
+
 inline bool same_head(const Message& a, const Message& b) {
   const auto& x = a.head;
   const auto& y = b.head;

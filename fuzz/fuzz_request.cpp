@@ -31,24 +31,12 @@ using fuzz::Message;
 using weldr::http::iequals;
 
 constexpr std::string_view kClient = "192.0.2.7";
-constexpr std::string_view kVia = "1.1 weldr";
 constexpr std::string_view kDefaultHost = "backend.test:8080";
 
-bool hop_by_hop(std::string_view name) {
-  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization",
-                             "proxy-authenticate", "upgrade"}) {
-    if (iequals(name, h)) return true;
-  }
-  return false;
-}
-
-bool framing(std::string_view name) {
-  return iequals(name, "content-length") || iequals(name, "transfer-encoding") || iequals(name, "host");
-}
-
-bool starts_with_ci(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
+using fuzz::framing;
+using fuzz::hop_by_hop;
+using fuzz::kVia;
+using fuzz::starts_with_ci;
 
 // RFC 9112 §3.2.2, written again here rather than borrowed from rewrite.cpp.
 bool absolute_form(std::string_view target, std::string_view& authority, std::string_view& path) {

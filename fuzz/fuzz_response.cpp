@@ -29,23 +29,10 @@ using fuzz::escaped;
 using fuzz::Message;
 using weldr::http::iequals;
 
-constexpr std::string_view kVia = "1.1 weldr";
-
-bool hop_by_hop(std::string_view name) {
-  for (std::string_view h : {"connection", "keep-alive", "proxy-connection", "te", "trailer", "proxy-authorization",
-                             "proxy-authenticate", "upgrade"}) {
-    if (iequals(name, h)) return true;
-  }
-  return false;
-}
-
-bool framing(std::string_view name) {
-  return iequals(name, "content-length") || iequals(name, "transfer-encoding") || iequals(name, "host");
-}
-
-bool starts_with_ci(std::string_view s, std::string_view prefix) {
-  return s.size() >= prefix.size() && iequals(s.substr(0, prefix.size()), prefix);
-}
+using fuzz::framing;
+using fuzz::hop_by_hop;
+using fuzz::kVia;
+using fuzz::starts_with_ci;
 
 bool listed(const Message& m, std::string_view name) {
   bool found = false;
