@@ -19,6 +19,8 @@
 
 #include <fmt/format.h>
 
+#include <sys/resource.h>
+
 #include <atomic>
 #include <csignal>
 #include <cstdio>
@@ -36,6 +38,19 @@ struct Worker {
 
 void log_line(weldr::LogLevel level, std::string_view text) {
   weldr::log_message(level, text);
+}
+
+// Raises the soft descriptor limit to the hard one, as a proxy holds two per connection, and
+// returns the limit in force.
+std::uint64_t raise_descriptor_limit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0) return 1024;
+  if (limit.rlim_cur < limit.rlim_max) {
+    rlimit raised = limit;
+    raised.rlim_cur = limit.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
+  }
+  return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<std::uint64_t>(limit.rlim_cur);
 }
 
 }  // namespace
@@ -76,6 +91,11 @@ int main(int argc, char** argv) {
 
   std::shared_ptr<weldr::AccessLog> access_log;
   weldr::ProxyOptions proxy_options = options.proxy;
+  const std::uint64_t descriptors = raise_descriptor_limit();
+  const std::size_t max_connections = options.max_connections.value_or(weldr::cli::auto_max_connections(descriptors));
+  if (max_connections != 0) {
+    proxy_options.connection_limit = std::make_shared<weldr::ConnectionLimit>(max_connections);  // shared by all
+  }
   if (!options.access_log.empty()) {
     try {
       access_log = std::make_shared<weldr::AccessLog>(options.access_log, options.access_log_format);
@@ -104,8 +124,11 @@ int main(int argc, char** argv) {
   const std::string bound = endpoint.address().is_v6()
                                 ? fmt::format("[{}]:{}", endpoint.address().to_string(), endpoint.port())
                                 : fmt::format("{}:{}", endpoint.address().to_string(), endpoint.port());
-  log_line(weldr::LogLevel::info, fmt::format("weldr-cli {} listening on {} with {} thread(s) and {} server(s)",
-                                              WELDR_VERSION, bound, options.threads, pool.size()));
+  log_line(weldr::LogLevel::info,
+           fmt::format("weldr-cli {} listening on {} with {} thread(s) and {} server(s); {} descriptors, {}",
+                       WELDR_VERSION, bound, options.threads, pool.size(), descriptors,
+                       max_connections == 0 ? std::string("no connection cap")
+                                            : fmt::format("at most {} client connections", max_connections)));
 
   asio::io_context control;
   const auto admin_endpoint = *weldr::cli::parse_endpoint(options.admin_listen);

@@ -35,6 +35,34 @@ std::optional<asio::ip::tcp::endpoint> parse_endpoint(std::string_view text) {
   return asio::ip::tcp::endpoint(address, static_cast<std::uint16_t>(port));  // port 0: any free port
 }
 
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+  std::uint64_t value = 0;
+  const char* end = text.data() + text.size();
+  auto [rest, err] = std::from_chars(text.data(), end, value);
+  if (err != std::errc{} || rest == text.data()) return std::nullopt;
+  unsigned shift = 0;
+  if (rest != end) {
+    switch (*rest) {
+      case 'k':
+      case 'K': shift = 10; break;
+      case 'm':
+      case 'M': shift = 20; break;
+      case 'g':
+      case 'G': shift = 30; break;
+      default: return std::nullopt;
+    }
+    if (++rest != end) return std::nullopt;
+  }
+  if (shift != 0 && value > (UINT64_MAX >> shift)) return std::nullopt;
+  return value << shift;
+}
+
+std::size_t auto_max_connections(std::uint64_t descriptor_limit) {
+  constexpr std::uint64_t kReserved = 64;
+  if (descriptor_limit <= kReserved + 2) return 1;
+  return static_cast<std::size_t>(std::min<std::uint64_t>((descriptor_limit - kReserved) / 2, 1u << 30));
+}
+
 namespace {
 
 // CLI11 validator for durations, so that bad values fail with CLI11's one-line message.
@@ -42,6 +70,14 @@ struct DurationValidator : CLI::Validator {
   DurationValidator() : CLI::Validator("DURATION") {
     func_ = [](std::string& value) -> std::string {
       return parse_duration(value) ? std::string{} : "invalid duration '" + value + "' (use e.g. 250ms, 2s, 1m)";
+    };
+  }
+};
+
+struct SizeValidator : CLI::Validator {
+  SizeValidator() : CLI::Validator("SIZE") {
+    func_ = [](std::string& value) -> std::string {
+      return parse_size(value) ? std::string{} : "invalid size '" + value + "' (use bytes, or e.g. 8k, 1m, 2g)";
     };
   }
 };
@@ -74,6 +110,12 @@ ParseResult parse_options(int argc, const char* const* argv) {
   std::string client_timeout = "10s";
   std::string shutdown_timeout = "30s";
   std::string log_level = "info";
+  std::string client_idle_timeout = "60s";
+  std::string request_body_timeout = "0s";
+  std::string max_request_line = "8k";
+  std::string max_head_size = "64k";
+  std::string max_body_size = "0";
+  std::string max_connections = "auto";
 
   CLI::App app{"weldr: an HTTP/1.1 reverse proxy and load balancer for dynamic fleets", "weldr-cli"};
   app.set_version_flag("--version", std::string("weldr-cli ") + WELDR_VERSION);
@@ -97,6 +139,41 @@ ParseResult parse_options(int argc, const char* const* argv) {
       ->capture_default_str();
   app.add_option("--client-timeout", client_timeout, "Timeout to receive a request head from a client")
       ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--client-idle-timeout", client_idle_timeout,
+                 "How long an idle keep-alive client connection stays open")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--request-body-timeout", request_body_timeout,
+                 "Total time to receive a request body, 408 beyond it (0s: no total, only --client-timeout per read)")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--max-request-line", max_request_line, "Largest request line, URI included (414 beyond it)")
+      ->check(SizeValidator{})
+      ->capture_default_str();
+  app.add_option("--max-head-size", max_head_size, "Largest request or response head (431 / 502 beyond it)")
+      ->check(SizeValidator{})
+      ->capture_default_str();
+  app.add_option("--max-headers", o.proxy.max_header_count, "Most header fields in a request (431 beyond it)")
+      ->check(CLI::Range(1u, 10000u))
+      ->capture_default_str();
+  app.add_option("--max-body-size", max_body_size, "Largest request body, 413 beyond it (0: no limit)")
+      ->check(SizeValidator{})
+      ->capture_default_str();
+  app.add_option("--max-connections", max_connections,
+                 "Client connections open at once; more wait in the listen backlog (auto: from ulimit -n; 0: no cap)")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            std::uint64_t n = 0;
+            const auto [end, err] = std::from_chars(value.data(), value.data() + value.size(), n);
+            const bool number = err == std::errc{} && end == value.data() + value.size() && !value.empty();
+            return value == "auto" || number ? std::string{}
+                                             : "invalid connection cap '" + value + "' (use a number or auto)";
+          },
+          "N|auto"))
+      ->capture_default_str();
+  app.add_option("--backlog", o.proxy.backlog, "Listen backlog of the proxy's socket")
+      ->check(CLI::Range(1, 65535))
       ->capture_default_str();
   app.add_option("--shutdown-timeout", shutdown_timeout, "Time in-flight requests get to finish on SIGTERM")
       ->check(DurationValidator{})
@@ -191,6 +268,20 @@ ParseResult parse_options(int argc, const char* const* argv) {
   o.proxy.read_timeout = *parse_duration(read_timeout);
   o.proxy.client_header_timeout = *parse_duration(client_timeout);
   o.shutdown_timeout = *parse_duration(shutdown_timeout);
+  o.proxy.client_idle_timeout = *parse_duration(client_idle_timeout);
+  o.proxy.request_body_timeout = *parse_duration(request_body_timeout);
+  o.proxy.max_request_line = *parse_size(max_request_line);
+  o.proxy.max_head_size = *parse_size(max_head_size);
+  o.proxy.max_body_size = *parse_size(max_body_size);
+  if (max_connections != "auto") o.max_connections = *parse_size(max_connections);
+  if (o.proxy.max_request_line == 0 || o.proxy.max_head_size < 64 || o.proxy.max_head_size > (1u << 30) ||
+      o.proxy.max_request_line > o.proxy.max_head_size) {
+    result.exit_code = 2;
+    result.message =
+        "weldr-cli: --max-request-line must be at least 1 and at most --max-head-size, which must be 64 bytes to 1g "
+        "(see --help)";
+    return result;
+  }
   o.health.interval = *parse_duration(health_interval);
   o.health.timeout = *parse_duration(health_timeout);
   o.health.type = health_type == "tcp" ? HealthCheckOptions::Type::tcp : HealthCheckOptions::Type::http;

@@ -8,6 +8,7 @@
 #include <weldr/proxy.hpp>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,7 +33,17 @@ struct Options {
   OutlierOptions outlier;                                        ///< --outlier-*
   std::string access_log;                                        ///< --access-log: a path, "-" or "" for none
   AccessLogFormat access_log_format{AccessLogFormat::combined};  ///< --access-log-format
+  /// --max-connections: the cap on open client connections; nothing means "from the descriptor
+  /// limit" (see auto_max_connections), 0 means no cap.
+  std::optional<std::size_t> max_connections;
 };
+
+/// The default connection cap for a descriptor limit: each client connection may hold two
+/// descriptors (client and backend), and some are kept for listeners, health checks and logs.
+std::size_t auto_max_connections(std::uint64_t descriptor_limit);
+
+/// Parses a byte size: a number with an optional k, m or g suffix (KiB, MiB, GiB).
+std::optional<std::uint64_t> parse_size(std::string_view text);
 
 /// Outcome of parsing: either options, or an exit code and what to print.
 struct ParseResult {

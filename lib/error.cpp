@@ -20,6 +20,8 @@ class Category final : public std::error_category {
       case errc::connect_timeout: return "connect to backend timed out";
       case errc::upstream_closed: return "backend closed the connection";
       case errc::client_timeout: return "client timed out";
+      case errc::uri_too_long: return "request line too long";
+      case errc::body_too_large: return "request body too large";
     }
     return "unknown weldr error";
   }

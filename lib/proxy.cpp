@@ -92,6 +92,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
         buffers(options.buffer_size, kFreeBuffers),
         retry_budget(options.retry_budget_percent, options.retry_budget_min, options.retry_budget_window),
         acceptor(io_context),
+        accept_wakeup(io_context),
         sweep_timer(io_context) {
     via = "1.1 " + options.via_name;
   }
@@ -114,6 +115,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   detail::RetryBudget retry_budget;
   std::string via;
   tcp::acceptor acceptor;
+  asio::steady_timer accept_wakeup;  // wakes an accept loop paused at the connection limit
   asio::steady_timer sweep_timer;
   std::unique_ptr<asio::steady_timer> grace_timer;
   ProxyCounters counters;
@@ -138,7 +140,7 @@ class Session : public std::enable_shared_from_this<Session> {
         up_wd_(client_.get_executor()),
         in_(proxy_->buffers),
         up_in_(proxy_->buffers),
-        req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count),
+        req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count, opts_.max_request_line),
         resp_(http::Parser::Kind::response, opts_.max_head_size, opts_.max_header_count) {
     std::error_code ec;
     const auto remote = client_.remote_endpoint(ec);
@@ -191,6 +193,16 @@ class Session : public std::enable_shared_from_this<Session> {
   void begin_log() noexcept;
   void finish_log(bool have_head);
   std::optional<std::uint64_t> request_key() const;
+  // Decoded body bytes reported by the request parser's last feed.
+  std::uint64_t decoded_bytes() const noexcept {
+    std::uint64_t n = 0;
+    for (const auto& span : req_.body_spans())
+      n += span.length;
+    return n;
+  }
+  bool body_over_limit(std::uint64_t bytes) const noexcept {
+    return opts_.max_body_size != 0 && bytes > opts_.max_body_size;
+  }
   asio::awaitable<Exchange> exchange(const std::shared_ptr<Backend>& backend);
   asio::awaitable<std::error_code> connect(const std::shared_ptr<Backend>& backend);
   asio::awaitable<void> pump_request_body(Exchange& result);
@@ -239,8 +251,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::list<Session*>::iterator self_in_list_;
 
   // Per request.
-  std::size_t head_size_{0};     // bytes of the request head in in_
-  std::size_t body_in_head_{0};  // body bytes that arrived with the head
+  std::size_t head_size_{0};                // bytes of the request head in in_
+  std::size_t body_in_head_{0};             // body bytes that arrived with the head
+  std::uint64_t body_payload_{0};           // decoded request body bytes seen so far
+  clock_type::time_point body_deadline_{};  // when the whole body must have arrived (request_body_timeout)
   bool head_request_{false};
   bool client_http10_{false};
   bool client_keep_alive_{false};
@@ -319,9 +333,11 @@ asio::awaitable<bool> Session::serve_one() {
       if (event == http::Parser::Event::head) break;
       if (event == http::Parser::Event::error) {
         ++proxy_->counters.requests;
-        const bool too_big = req_.error() == errc::head_too_large || req_.error() == errc::too_many_headers;
+        const auto error = req_.error();
+        const bool too_big = error == errc::head_too_large || error == errc::too_many_headers;
         detail::log(LogLevel::debug, "client {}: bad request: {}", client_address_, req_.error_reason());
-        const int status = too_big ? 431 : 400;
+        int status = too_big ? 431 : 400;
+        if (error == errc::uri_too_long) status = 414;
         begin_log();
         co_await send_error(status, req_.error_reason(), true);
         finish_log(false);
@@ -433,6 +449,12 @@ asio::awaitable<bool> Session::serve_request() {
   if (head.method == HTTP_CONNECT) {
     co_return co_await send_error(405, "CONNECT is not supported by a reverse proxy", true);
   }
+  // A declared length over the limit is refused before any of the body is read (and before
+  // a 100-continue, so the client need not send it).
+  const std::uint64_t declared = head.has_content_length ? head.content_length : 0;
+  if (body_over_limit(declared)) {
+    co_return co_await send_error(413, "request body too large", true);
+  }
 
   const std::string_view method = head.method_name.view(base);
   const bool idempotent = http::is_idempotent(method);
@@ -449,6 +471,9 @@ asio::awaitable<bool> Session::serve_request() {
   if (event == http::Parser::Event::error) co_return co_await send_error(400, req_.error_reason(), true);
   request_done_ = event == http::Parser::Event::message;
   body_bytes_in_ = body_in_head_;
+  body_payload_ = decoded_bytes();
+  if (body_over_limit(body_payload_)) co_return co_await send_error(413, "request body too large", true);
+  if (opts_.request_body_timeout.count() > 0) body_deadline_ = clock_type::now() + opts_.request_body_timeout;
 
   bool hook_failed = false;
   if (hooks_ != nullptr) {
@@ -761,14 +786,23 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
   while (!req_.message_complete() && !aborted_) {
     if (in_.size() == 0) {
       in_.compact();
-      client_wd_.arm(Watchdog::read, opts_.client_header_timeout);
+      // Each read gets the per-read time, and no more than what is left of the total.
+      auto allowed = opts_.client_header_timeout;
+      const bool total = opts_.request_body_timeout.count() > 0;
+      if (total) {
+        const auto left = std::chrono::duration_cast<milliseconds>(body_deadline_ - clock_type::now());
+        allowed = std::clamp(left, milliseconds(1), allowed);
+      }
+      client_wd_.arm(Watchdog::read, allowed);
       auto [ec, n] = co_await client_.async_read_some(asio::buffer(in_.write_ptr(), in_.writable()), use_nothrow);
       client_wd_.disarm(Watchdog::read);
       if (aborted_) co_return;
       if (ec) {
         result.failure = Failure::client;
         if (client_wd_.expired(Watchdog::read)) {
-          result.detail = "timed out reading the request body";
+          const bool over_total = total && clock_type::now() >= body_deadline_;
+          result.detail = over_total ? "the request body took longer than request_body_timeout"
+                                     : "timed out reading the request body";
           result.client_status = 408;
         } else {
           result.detail = "client went away during the request body";
@@ -784,6 +818,15 @@ asio::awaitable<void> Session::pump_request_body(Exchange& result) {
       result.failure = Failure::client;
       result.detail = "invalid request body";
       result.client_status = 400;
+      abort_exchange();
+      co_return;
+    }
+    body_payload_ += decoded_bytes();
+    if (body_over_limit(body_payload_)) {
+      // The backend has part of the body: its connection is cut so it never takes it as whole.
+      result.failure = Failure::client;
+      result.detail = "request body too large";
+      result.client_status = 413;
       abort_exchange();
       co_return;
     }
@@ -1091,7 +1134,21 @@ void Session::release_upstream(bool reusable) {
 asio::awaitable<void> detail::ProxyImpl::accept_loop() {
   auto self = shared_from_this();
   auto last_log = clock_type::time_point{};
+  auto last_full_log = clock_type::time_point{};
+  ConnectionLimit* limit = options.connection_limit.get();
   while (!stopping) {
+    if (limit != nullptr && limit->full()) {
+      // At the cap, new connections wait in the listen backlog. A connection of this Proxy
+      // that closes wakes us at once; one of another Proxy sharing the cap, at the next poll.
+      if (clock_type::now() - last_full_log > std::chrono::seconds(10)) {
+        detail::log(LogLevel::warn, "{} client connections open, the --max-connections cap: new ones wait",
+                    limit->open());
+        last_full_log = clock_type::now();
+      }
+      accept_wakeup.expires_after(milliseconds(20));
+      co_await accept_wakeup.async_wait(use_nothrow);
+      continue;
+    }
     auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
     if (stopping) break;
     if (ec) {
@@ -1109,6 +1166,7 @@ asio::awaitable<void> detail::ProxyImpl::accept_loop() {
     socket.set_option(tcp::no_delay(true), ignored);
     ++counters.connections_accepted;
     ++counters.connections_open;
+    if (limit != nullptr) limit->acquire();
     auto session = std::make_shared<Session>(self, std::move(socket));
     asio::co_spawn(
         io, [session]() { return session->run(); }, [](std::exception_ptr e) { detail::log_exception(e, "session"); });
@@ -1159,6 +1217,7 @@ void detail::ProxyImpl::begin_stop(std::optional<milliseconds> grace, std::funct
     stopping = true;
     std::error_code ignored;
     acceptor.close(ignored);
+    accept_wakeup.cancel();
     sweep_timer.cancel();
     idle.clear();
     for (Session* s : sessions)
@@ -1180,6 +1239,7 @@ void detail::ProxyImpl::close_all() {
   stopping = true;
   std::error_code ignored;
   acceptor.close(ignored);
+  accept_wakeup.cancel();
   sweep_timer.cancel();
   if (grace_timer) grace_timer->cancel();
   idle.clear();
@@ -1190,6 +1250,10 @@ void detail::ProxyImpl::close_all() {
 void detail::ProxyImpl::session_ended(std::list<Session*>::iterator it) {
   sessions.erase(it);
   --counters.connections_open;
+  if (options.connection_limit) {
+    options.connection_limit->release();
+    accept_wakeup.cancel();
+  }
   maybe_finish_stop();
 }
 

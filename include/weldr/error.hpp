@@ -19,6 +19,8 @@ enum class errc {
   connect_timeout,   ///< connecting to a backend timed out
   upstream_closed,   ///< a backend closed or reset before a complete response
   client_timeout,    ///< a client was too slow
+  uri_too_long,      ///< a request line over the size limit (414)
+  body_too_large,    ///< a request body over the configured limit (413)
 };
 
 /// The category of weldr::errc values.

@@ -5,6 +5,7 @@
 #include <asio/io_context.hpp>
 #include <asio/ip/tcp.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -39,6 +40,30 @@ struct HashKey {
 /// Parses "client_ip", "header:NAME" or "cookie:NAME"; nothing when `text` is none of those.
 std::optional<HashKey> parse_hash_key(std::string_view text);
 
+/// A cap on open client connections that several Proxies (threads) can share. Thread-safe.
+///
+/// A Proxy checks the cap before each accept, so with N Proxies sharing one object the count
+/// can pass the cap by at most N - 1 for a moment.
+class ConnectionLimit {
+ public:
+  /// Allows `max` connections at once (at least 1).
+  explicit ConnectionLimit(std::size_t max) noexcept : max_(max == 0 ? 1 : max) {}
+  /// True when no connection should be accepted now.
+  [[nodiscard]] bool full() const noexcept { return open() >= max_; }
+  /// Counts an accepted connection.
+  void acquire() noexcept { open_.fetch_add(1, std::memory_order_relaxed); }
+  /// Counts a closed connection.
+  void release() noexcept { open_.fetch_sub(1, std::memory_order_relaxed); }
+  /// Connections open now, across every Proxy sharing this object.
+  [[nodiscard]] std::size_t open() const noexcept { return open_.load(std::memory_order_relaxed); }
+  /// The cap.
+  [[nodiscard]] std::size_t max() const noexcept { return max_; }
+
+ private:
+  std::size_t max_;
+  std::atomic<std::size_t> open_{0};
+};
+
 /// Limits and timeouts of a Proxy. Every wait has a timeout and every buffer a bound.
 struct ProxyOptions {
   /// Time allowed to establish a TCP connection to a backend.
@@ -53,10 +78,17 @@ struct ProxyOptions {
   std::chrono::milliseconds send_timeout{30000};
   /// How long an idle upstream connection stays in the keep-alive cache.
   std::chrono::milliseconds upstream_idle_timeout{30000};
+  /// Total time allowed to receive a request body (408 beyond it), on top of the time allowed
+  /// per read (`client_header_timeout`); zero means no total limit, as uploads may be large.
+  std::chrono::milliseconds request_body_timeout{0};
+  /// Largest request line: method and target, the URI included (414 beyond it).
+  std::size_t max_request_line{8 * 1024};
   /// Largest request or response head accepted (431 / 502 beyond it).
   std::size_t max_head_size{64 * 1024};
   /// Largest number of header fields in a request head (431 beyond it).
   std::size_t max_header_count{100};
+  /// Largest request body, after chunked decoding (413 beyond it); zero means no limit.
+  std::uint64_t max_body_size{0};
   /// Size of each streaming buffer (one per direction and connection).
   std::size_t buffer_size{16 * 1024};
   /// Idle keep-alive connections cached per backend.
@@ -81,6 +113,10 @@ struct ProxyOptions {
   bool reuse_port{false};
   /// Listen backlog.
   int backlog{1024};
+  /// Caps the client connections open at once, shared by every Proxy given the same object
+  /// (null: no cap). At the cap a Proxy stops accepting: new connections wait in the listen
+  /// backlog, as in HAProxy, and are accepted as others close.
+  std::shared_ptr<ConnectionLimit> connection_limit;
   /// Value of X-Forwarded-Proto.
   std::string forwarded_proto{"http"};
   /// The pseudonym used in the Via header ("1.1 <via_name>").

@@ -29,8 +29,8 @@ const llhttp_settings_t& Parser::settings() noexcept {
   return settings;
 }
 
-Parser::Parser(Kind kind, std::size_t max_head, std::size_t max_fields)
-    : kind_(kind), max_head_(max_head), max_fields_(max_fields) {
+Parser::Parser(Kind kind, std::size_t max_head, std::size_t max_fields, std::size_t max_line)
+    : kind_(kind), max_head_(max_head), max_fields_(max_fields), max_line_(max_line) {
   head_.fields.reserve(32);
   body_spans_.reserve(8);
   llhttp_init(&parser_, kind == Kind::request ? HTTP_REQUEST : HTTP_RESPONSE, &settings());
@@ -82,7 +82,13 @@ void Parser::fail(std::error_code ec, std::string_view reason) noexcept {
 
 int Parser::on_url(llhttp_t* p, const char* at, std::size_t n) {
   Parser& s = self(p);
-  return extend(s.head_.target, s.span_of(at, n)) ? 0 : -1;
+  if (!extend(s.head_.target, s.span_of(at, n))) return -1;
+  // llhttp reports the target as it arrives, so an endless one stops here, before the head limit.
+  if (std::size_t{s.head_.method_name.length} + s.head_.target.length > s.max_line_) {
+    s.fail(errc::uri_too_long, "request line too long");
+    return HPE_USER;
+  }
+  return 0;
 }
 
 int Parser::on_method(llhttp_t* p, const char* at, std::size_t n) {

@@ -13,6 +13,7 @@
 #include <llhttp.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string_view>
 #include <system_error>
 #include <vector>
@@ -33,8 +34,9 @@ class Parser {
   /// Whether requests or responses are parsed.
   enum class Kind { request, response };
 
-  /// Limits: `max_head` bytes per head and `max_fields` header fields.
-  Parser(Kind kind, std::size_t max_head, std::size_t max_fields);
+  /// Limits: `max_head` bytes per head, `max_fields` header fields and, for requests,
+  /// `max_line` bytes of method and target (errc::uri_too_long beyond it).
+  Parser(Kind kind, std::size_t max_head, std::size_t max_fields, std::size_t max_line = SIZE_MAX);
   Parser(const Parser&) = delete;
   Parser& operator=(const Parser&) = delete;
 
@@ -58,7 +60,8 @@ class Parser {
   [[nodiscard]] bool needs_eof() const noexcept { return needs_eof_; }
   /// Decoded body pieces seen by the last feed() (chunk framing removed), as spans of `base`.
   [[nodiscard]] const std::vector<Span>& body_spans() const noexcept { return body_spans_; }
-  /// Why parsing failed: errc::bad_request / bad_response, head_too_large or too_many_headers.
+  /// Why parsing failed: errc::bad_request / bad_response, head_too_large, too_many_headers or
+  /// uri_too_long.
   [[nodiscard]] std::error_code error() const noexcept { return error_; }
   /// llhttp's explanation of the failure, for logs and error bodies.
   [[nodiscard]] std::string_view error_reason() const noexcept { return reason_; }
@@ -88,6 +91,7 @@ class Parser {
   Kind kind_;
   std::size_t max_head_;
   std::size_t max_fields_;
+  std::size_t max_line_;
   const char* base_{nullptr};
   Head head_;
   State state_{State::head};

@@ -131,6 +131,54 @@ TEST_CASE("balancing, outlier detection, slow start and retry budget flags", "[c
   CHECK(r.options->outlier.consecutive_failures == 0);
 }
 
+TEST_CASE("sizes", "[cli]") {
+  using weldr::cli::parse_size;
+  CHECK(parse_size("0") == 0u);
+  CHECK(parse_size("8192") == 8192u);
+  CHECK(parse_size("8k") == 8192u);
+  CHECK(parse_size("8K") == 8192u);
+  CHECK(parse_size("10m") == 10u * 1024 * 1024);
+  CHECK(parse_size("2g") == 2ull * 1024 * 1024 * 1024);
+  for (const char* bad : {"", "k", "-1", "1.5m", "8 k", "8kb", "1t", "99999999999999999999", "17179869184g"}) {
+    INFO(bad);
+    CHECK_FALSE(parse_size(bad));
+  }
+}
+
+TEST_CASE("limit flags", "[cli]") {
+  auto r = parse({});
+  REQUIRE(r.options);
+  CHECK(r.options->proxy.max_request_line == 8192);
+  CHECK(r.options->proxy.max_head_size == 64 * 1024);
+  CHECK(r.options->proxy.max_header_count == 100);
+  CHECK(r.options->proxy.max_body_size == 0);
+  CHECK(r.options->proxy.request_body_timeout == 0ms);
+  CHECK(r.options->proxy.client_idle_timeout == 60s);
+  CHECK(r.options->proxy.backlog == 1024);
+  CHECK_FALSE(r.options->max_connections);  // auto
+
+  r = parse({"--max-request-line", "4k", "--max-head-size", "32k", "--max-headers", "50", "--max-body-size", "10m",
+             "--request-body-timeout", "2m", "--client-idle-timeout", "5s", "--backlog", "4096", "--max-connections",
+             "10000"});
+  REQUIRE(r.options);
+  CHECK(r.options->proxy.max_request_line == 4096);
+  CHECK(r.options->proxy.max_head_size == 32 * 1024);
+  CHECK(r.options->proxy.max_header_count == 50);
+  CHECK(r.options->proxy.max_body_size == 10u * 1024 * 1024);
+  CHECK(r.options->proxy.request_body_timeout == 120s);
+  CHECK(r.options->proxy.client_idle_timeout == 5s);
+  CHECK(r.options->proxy.backlog == 4096);
+  CHECK(r.options->max_connections == 10000u);
+  r = parse({"--max-connections", "0"});
+  REQUIRE(r.options);
+  CHECK(r.options->max_connections == 0u);
+
+  // Two descriptors per connection, and a reserve.
+  CHECK(weldr::cli::auto_max_connections(1024) == 480);
+  CHECK(weldr::cli::auto_max_connections(20000) == 9968);
+  CHECK(weldr::cli::auto_max_connections(64) == 1);
+}
+
 TEST_CASE("bad input is one line and exit code 2", "[cli]") {
   for (auto args : std::vector<std::vector<const char*>>{{"--ip", "nowhere"},
                                                          {"--server", "https://1.2.3.4:1"},
@@ -149,6 +197,16 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
                                                          {"--outlier-max-percent", "101"},
                                                          {"--retry-budget", "200"},
                                                          {"--access-log-format", "apache"},
+                                                         {"--max-body-size", "10x"},
+                                                         {"--max-body-size", "-1"},
+                                                         {"--max-request-line", "0"},
+                                                         {"--max-request-line", "128k"},
+                                                         {"--max-head-size", "2g"},
+                                                         {"--max-headers", "0"},
+                                                         {"--max-connections", "many"},
+                                                         {"--backlog", "0"},
+                                                         {"--request-body-timeout", "soon"},
+                                                         {"--client-idle-timeout", "-5s"},
                                                          {"--bogus"}}) {
     auto r = parse(args);
     INFO(args[0]);
