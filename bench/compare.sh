@@ -26,6 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+# Ctrl-C and SIGTERM end the script at any point; the EXIT trap, set below, stops what it started.
+trap 'printf "\ncompare.sh: interrupted\n" >&2; exit 130' INT
+trap 'exit 143' TERM
 
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
@@ -103,8 +106,6 @@ cleanup() {
   exit "$status"
 }
 trap cleanup EXIT
-trap 'printf "\ncompare.sh: interrupted\n" >&2; exit 130' INT
-trap 'exit 143' TERM
 
 start() {  # start LOGNAME COMMAND...: runs COMMAND in a new process group, logs to $work/LOGNAME.log
   local log=$1
