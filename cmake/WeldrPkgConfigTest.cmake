@@ -19,7 +19,7 @@ foreach(what IN ITEMS cflags libs)
   message(STATUS "pkg-config --${what} weldr: ${${what}}")
 endforeach()
 foreach(flag IN ITEMS -DASIO_STANDALONE -DASIO_SEPARATE_COMPILATION -DASIO_NO_DEPRECATED
-                      -DASIO_DISABLE_STD_ALIGNED_ALLOC)
+                      -DASIO_DISABLE_STD_ALIGNED_ALLOC -DASIO_RECYCLING_ALLOCATOR_CACHE_SIZE=16)
   if(NOT " ${cflags} " MATCHES " ${flag} ")
     message(FATAL_ERROR "pkg-config --cflags weldr lacks ${flag}")
   endif()

@@ -970,17 +970,29 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
         co_return;
       }
     }
+    // The head (first time) and the body bytes go out in one write. A fixed pair of buffers
+    // costs no allocation; only the dechunking of a response for an HTTP/1.0 client, with any
+    // number of pieces, needs the vector.
+    const asio::const_buffer head_part = response_started_ ? asio::const_buffer{} : asio::buffer(head_out_);
+    std::array<asio::const_buffer, 2> pair{head_part, asio::const_buffer{}};
     gather_.clear();
-    if (!response_started_) gather_.push_back(asio::buffer(head_out_));
     if (dechunk) {
+      if (!response_started_) gather_.push_back(head_part);
       for (const http::Span& s : resp_.body_spans())
         gather_.push_back(asio::buffer(up_in_.data() + s.offset, s.length));
     } else if (used > 0) {
-      gather_.push_back(asio::buffer(up_in_.read_ptr(), used));
+      pair[1] = asio::buffer(up_in_.read_ptr(), used);
     }
-    if (!gather_.empty()) {
+    const bool any = dechunk ? !gather_.empty() : (!response_started_ || used > 0);
+    if (any) {
       client_wd_.arm(Watchdog::write, opts_.send_timeout);
-      auto [wec, n] = co_await asio::async_write(client_, gather_, use_nothrow);
+      std::error_code wec;
+      std::size_t n = 0;
+      if (dechunk) {
+        std::tie(wec, n) = co_await asio::async_write(client_, gather_, use_nothrow);
+      } else {
+        std::tie(wec, n) = co_await asio::async_write(client_, pair, use_nothrow);
+      }
       client_wd_.disarm(Watchdog::write);
       bytes_out_ += n;
       response_started_ = true;

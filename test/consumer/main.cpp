@@ -7,7 +7,7 @@
 
 // The program's own use of Asio must match the separately compiled Asio in weldr::asio.
 #if !defined(ASIO_STANDALONE) || !defined(ASIO_SEPARATE_COMPILATION) || !defined(ASIO_NO_DEPRECATED) || \
-    !defined(ASIO_DISABLE_STD_ALIGNED_ALLOC)
+    !defined(ASIO_DISABLE_STD_ALIGNED_ALLOC) || ASIO_RECYCLING_ALLOCATOR_CACHE_SIZE != 16
 #error "weldr's Asio definitions did not reach this translation unit"
 #endif
 
