@@ -209,8 +209,9 @@ origin_master=$last_pid
 wait_http "$origin_port"
 pid_of[direct]=$(pgrep -P "$origin_master" | head -1)
 
+# Limits as generous as HAProxy's and nginx's here: long keep-alive, 5,000 connections.
 weldr_flags=(--server "http://127.0.0.1:$origin_port" --log-level error --connect-timeout 5s
-             --client-timeout 60s --shutdown-timeout 1s)
+             --client-timeout 60s --client-idle-timeout 300s --max-connections 5000 --shutdown-timeout 1s)
 for t in $TARGETS; do
   case $t in
     weldr)
@@ -254,7 +255,7 @@ run_wrk() {  # run_wrk OUTFILE ARGS...: wrk in its own process group, interrupti
 }
 
 versions() {
-  echo "weldr-cli: $("$build/weldr-cli" --version) (commit $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- lib include cli || echo ', modified'))"
+  echo "weldr:     $("$build/weldr-cli" --version) (commit $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD -- lib include cli || echo ', modified'))"
   echo "haproxy:   $(haproxy -v 2>&1 | head -1)"
   echo "nginx:     $(nginx -v 2>&1)"
   echo "wrk:       $(wrk -v 2>&1 | head -1)"

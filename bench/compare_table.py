@@ -169,7 +169,7 @@ def main():
         for t in targets:
             for r in data.get((s, t), []):
                 rows.append([s, t, r["round"], fmt_num(r["rps"]), fmt_ms(r["p99"]),
-                             fmt_num(r["peak_kib"]), r.get("socket_detail", "-"), r["non2xx"]])
+                             fmt_num(r["peak_kib"]), r.get("socket_detail", "0"), r["non2xx"]])
     out.append(table(["scenario", "target", "round", "req/s", "p99", "peak RSS KiB",
                       "socket errors", "non-2xx"], rows))
     print("\n".join(out))
