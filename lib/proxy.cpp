@@ -132,7 +132,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(std::shared_ptr<detail::ProxyImpl> proxy, tcp::socket socket)
+  Session(std::shared_ptr<detail::ProxyImpl> proxy, tcp::socket socket, const tcp::endpoint& remote)
       : proxy_(std::move(proxy)),
         opts_(proxy_->options),
         client_(std::move(socket)),
@@ -142,9 +142,7 @@ class Session : public std::enable_shared_from_this<Session> {
         up_in_(proxy_->buffers),
         req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count, opts_.max_request_line),
         resp_(http::Parser::Kind::response, opts_.max_head_size, opts_.max_header_count) {
-    std::error_code ec;
-    const auto remote = client_.remote_endpoint(ec);
-    client_address_ = ec ? std::string("unknown") : remote.address().to_string();
+    client_address_ = remote.address().to_string();  // (from accept: no getpeername)
     client_wd_.watch(&client_);
     self_in_list_ = proxy_->sessions.insert(proxy_->sessions.end(), this);
     hooks_ = opts_.hooks.get();
@@ -225,6 +223,10 @@ class Session : public std::enable_shared_from_this<Session> {
   http::Parser req_;
   http::Parser resp_;
   std::string client_address_;
+  // The client asked to close after a request that was read to its end, with nothing after it:
+  // it sends no more, so the connection closes at once, without a lingering close.
+  bool client_closes_{false};
+  bool first_request_{true};  // nothing was read from the client yet
   std::string head_out_;
   std::vector<std::string_view> scratch_;
   std::vector<asio::const_buffer> gather_;
@@ -293,7 +295,7 @@ asio::awaitable<void> Session::run() {
       // at the FIN, so a response cut short must end with a reset instead.
       std::error_code ignored;
       client_.set_option(asio::socket_base::linger(true, 0), ignored);
-    } else if (!forced_) {
+    } else if (!forced_ && !client_closes_) {
       co_await lingering_close();
     }
   } catch (...) {
@@ -315,10 +317,26 @@ asio::awaitable<bool> Session::serve_one() {
   std::size_t parsed = 0;
   waiting_idle_ = in_.size() == 0;
   if (proxy_->stopping && waiting_idle_) co_return false;
+  const bool fresh = first_request_;
+  if (waiting_idle_ && first_request_) {
+    // A new client usually sends its request at once: read it now, which spares the readiness
+    // wait (an epoll_ctl and a wake-up) that an idle keep-alive connection needs.
+    first_request_ = false;
+    const auto n = ::recv(client_.native_handle(), in_.write_ptr(), in_.writable(), MSG_DONTWAIT);
+    if (n == 0) co_return false;  // closed without a request
+    if (n > 0) {
+      in_.commit(static_cast<std::size_t>(n));
+      waiting_idle_ = false;
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      co_return false;  // reset
+    }
+  }
   if (waiting_idle_) {
     // An idle keep-alive connection holds no buffer: wait until the next request starts.
     in_.release();
-    client_wd_.arm(Watchdog::read, opts_.client_idle_timeout);
+    // A new connection must start its request within the header timeout; a kept-alive one may
+    // stay idle for the idle timeout.
+    client_wd_.arm(Watchdog::read, fresh ? opts_.client_header_timeout : opts_.client_idle_timeout);
     auto [ec] = co_await client_.async_wait(tcp::socket::wait_read, use_nothrow);
     waiting_idle_ = false;
     if (ec || proxy_->stopping) co_return false;
@@ -667,6 +685,8 @@ asio::awaitable<bool> Session::serve_request() {
   if (keep && request_done_) {
     in_.consume(head_size_ + body_in_head_);  // what is left is the next pipelined request
   }
+  const bool leftover = in_.size() > head_size_ + body_in_head_;
+  client_closes_ = !client_keep_alive_ && request_done_ && !leftover && !upgraded_;
   const bool next = keep && !proxy_->stopping;
   co_return next;
 }
@@ -1148,6 +1168,7 @@ asio::awaitable<void> detail::ProxyImpl::accept_loop() {
   auto last_log = clock_type::time_point{};
   auto last_full_log = clock_type::time_point{};
   ConnectionLimit* limit = options.connection_limit.get();
+  tcp::endpoint peer;
   while (!stopping) {
     if (limit != nullptr && limit->full()) {
       // At the cap, new connections wait in the listen backlog. A connection of this Proxy
@@ -1161,7 +1182,7 @@ asio::awaitable<void> detail::ProxyImpl::accept_loop() {
       co_await accept_wakeup.async_wait(use_nothrow);
       continue;
     }
-    auto [ec, socket] = co_await acceptor.async_accept(use_nothrow);
+    auto [ec, socket] = co_await acceptor.async_accept(peer, use_nothrow);
     if (stopping) break;
     if (ec) {
       if (is_aborted(ec)) break;
@@ -1179,7 +1200,7 @@ asio::awaitable<void> detail::ProxyImpl::accept_loop() {
     ++counters.connections_accepted;
     ++counters.connections_open;
     if (limit != nullptr) limit->acquire();
-    auto session = std::make_shared<Session>(self, std::move(socket));
+    auto session = std::make_shared<Session>(self, std::move(socket), peer);
     asio::co_spawn(
         io, [session]() { return session->run(); }, [](std::exception_ptr e) { detail::log_exception(e, "session"); });
   }
