@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -268,6 +269,31 @@ int main(int argc, char** argv) {
     std::printf("%-26s %12ld %14.3f %14.1f\n", s.name, requests, allocs, bytes);
     if (allocs > 0.01) ++failures;
     ::close(fd);
+  }
+  // For information (a new connection allocates its session by nature): the cost of a
+  // connection per request.
+  {
+    const std::string request = "GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
+    const long connections = std::max(1L, requests / 10);
+    auto run = [&](long n) {
+      for (long i = 0; i < n; ++i) {
+        const int fd = connect_to(proxy_port);
+        std::string buffer;
+        if (!send_all(fd, request) || !read_message(fd, buffer)) {
+          std::fprintf(stderr, "new connections: lost after %ld\n", i);
+          std::exit(2);
+        }
+        ::close(fd);
+      }
+    };
+    run(100);
+    g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
+    const auto a0 = g_allocations.load();
+    const auto b0 = g_bytes.load();
+    run(connections);
+    std::printf("%-26s %12ld %14.3f %14.1f   (per connection; not checked)\n", "GET, connection per request",
+                connections, static_cast<double>(g_allocations.load() - a0) / static_cast<double>(connections),
+                static_cast<double>(g_bytes.load() - b0) / static_cast<double>(connections));
   }
   asio::post(io, [&] { proxy.stop([&] { io.stop(); }); });
   proxy_thread.join();
