@@ -116,6 +116,7 @@ ParseResult parse_options(int argc, const char* const* argv) {
   std::string max_head_size = "64k";
   std::string max_body_size = "0";
   std::string max_connections = "auto";
+  std::string buffer_size = "16k";
 
   CLI::App app{"weldr: an HTTP/1.1 reverse proxy and load balancer for dynamic fleets", "weldr-cli"};
   app.set_version_flag("--version", std::string("weldr-cli ") + WELDR_VERSION);
@@ -171,6 +172,10 @@ ParseResult parse_options(int argc, const char* const* argv) {
                                              : "invalid connection cap '" + value + "' (use a number or auto)";
           },
           "N|auto"))
+      ->capture_default_str();
+  app.add_option("--buffer-size", buffer_size,
+                 "Size of each streaming buffer: one per direction while a request is in flight (4k to 1m)")
+      ->check(SizeValidator{})
       ->capture_default_str();
   app.add_option("--backlog", o.proxy.backlog, "Listen backlog of the proxy's socket")
       ->check(CLI::Range(1, 65535))
@@ -274,6 +279,12 @@ ParseResult parse_options(int argc, const char* const* argv) {
   o.proxy.max_head_size = *parse_size(max_head_size);
   o.proxy.max_body_size = *parse_size(max_body_size);
   if (max_connections != "auto") o.max_connections = *parse_size(max_connections);
+  o.proxy.buffer_size = *parse_size(buffer_size);
+  if (o.proxy.buffer_size < 4096 || o.proxy.buffer_size > (1u << 20)) {
+    result.exit_code = 2;
+    result.message = "weldr-cli: --buffer-size must be 4k to 1m (see --help)";
+    return result;
+  }
   if (o.proxy.max_request_line == 0 || o.proxy.max_head_size < 64 || o.proxy.max_head_size > (1u << 30) ||
       o.proxy.max_request_line > o.proxy.max_head_size) {
     result.exit_code = 2;

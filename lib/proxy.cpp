@@ -52,6 +52,9 @@ constexpr std::size_t kLingerBytes = 256 * 1024;
 
 // Buffers kept for reuse by each Proxy, beyond those in use (256 x 16 KiB = 4 MiB by default).
 constexpr std::size_t kFreeBuffers = 256;
+// The read buffer of a large response body (see relay_response), and how many are kept.
+constexpr std::size_t kLargeBodyBuffer = 64 * 1024;
+constexpr std::size_t kFreeLargeBuffers = 32;
 
 bool is_aborted(const std::error_code& ec) {
   return ec == asio::error::operation_aborted;
@@ -90,6 +93,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
         stats(shared_stats == nullptr ? *own_stats : *shared_stats),
         options(std::move(o)),
         buffers(options.buffer_size, kFreeBuffers),
+        large_buffers(kLargeBodyBuffer, kFreeLargeBuffers),
         retry_budget(options.retry_budget_percent, options.retry_budget_min, options.retry_budget_window),
         acceptor(io_context),
         accept_wakeup(io_context),
@@ -112,6 +116,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   Stats& stats;
   ProxyOptions options;
   net::BufferPool buffers;
+  net::BufferPool large_buffers;  // for large response bodies
   detail::RetryBudget retry_budget;
   std::string via;
   tcp::acceptor acceptor;
@@ -873,6 +878,7 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
   std::size_t parsed = 0;  // bytes of up_in_ fed to the parser while reading a head
   bool any_byte = false;
   bool dechunk = false;
+  unsigned full_reads = 0;  // body reads in a row that filled the buffer
 
   auto fail = [&](Failure f, std::string_view why) {
     if (result.failure == Failure::none) {
@@ -888,6 +894,10 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
     if (need_read) {
       {
         if (up_in_.writable() == 0) up_in_.grow(std::max(up_in_.capacity() * 2, opts_.max_head_size + 1));
+        // A large body: after reads that fill the buffer, read in bigger pieces (fewer trips
+        // through the event loop). The bigger buffer is freed with the exchange.
+        if (full_reads >= 2) up_in_.grow_from(proxy_->large_buffers);
+        const std::size_t asked = up_in_.writable();
         if (request_done_) {
           up_wd_.arm(Watchdog::read, opts_.read_timeout);
         } else {
@@ -919,6 +929,7 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
         }
         any_byte = true;
         up_in_.commit(n);
+        if (resp_.head_complete()) full_reads = n == asked ? full_reads + 1 : 0;
       }
     }
 

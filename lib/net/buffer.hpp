@@ -19,7 +19,7 @@ class BufferPool {
   [[nodiscard]] std::size_t block_size() const noexcept { return block_size_; }
   /// A block from the free list, or a new one.
   std::unique_ptr<char[]> get() {
-    if (free_.empty()) return std::make_unique<char[]>(block_size_);
+    if (free_.empty()) return std::make_unique_for_overwrite<char[]>(block_size_);  // no memset
     auto block = std::move(free_.back());
     free_.pop_back();
     return block;
@@ -81,11 +81,22 @@ class Buffer {
   /// Grows the storage to `capacity` bytes, keeping the unread bytes at the same offsets.
   void grow(std::size_t capacity) {
     if (capacity <= capacity_) return;
-    auto bigger = std::make_unique<char[]>(capacity);
+    auto bigger = std::make_unique_for_overwrite<char[]>(capacity);
     if (data_) std::memcpy(bigger.get(), data_.get(), end_);
     give_back();
     data_ = std::move(bigger);
     capacity_ = capacity;
+  }
+  /// Moves to a block of `large` (bigger than this buffer's), keeping the unread bytes at the
+  /// same offsets; the block goes back to `large` when released.
+  void grow_from(BufferPool& large) {
+    if (large.block_size() <= capacity_) return;
+    auto bigger = large.get();
+    if (data_) std::memcpy(bigger.get(), data_.get(), end_);
+    give_back();
+    data_ = std::move(bigger);
+    capacity_ = large.block_size();
+    large_ = &large;
   }
   /// Gives the storage back when nothing is unread (idle connections hold no buffer).
   void release() noexcept {
@@ -98,9 +109,13 @@ class Buffer {
  private:
   void give_back() noexcept {
     if (!data_) return;
-    if (capacity_ == pool_->block_size()) {
+    BufferPool* home = nullptr;
+    if (capacity_ == pool_->block_size()) home = pool_;
+    if (large_ != nullptr && capacity_ == large_->block_size()) home = large_;
+    large_ = nullptr;
+    if (home != nullptr) {
       try {
-        pool_->put(std::move(data_));
+        home->put(std::move(data_));
       } catch (...) {  // the free list could not grow: just free the block
       }
     }
@@ -108,6 +123,7 @@ class Buffer {
   }
 
   BufferPool* pool_;
+  BufferPool* large_{nullptr};  // where the current block came from, when from grow_from()
   std::unique_ptr<char[]> data_;
   std::size_t capacity_;
   std::size_t begin_{0};

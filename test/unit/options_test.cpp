@@ -156,11 +156,13 @@ TEST_CASE("limit flags", "[cli]") {
   CHECK(r.options->proxy.client_idle_timeout == 60s);
   CHECK(r.options->proxy.backlog == 1024);
   CHECK_FALSE(r.options->max_connections);  // auto
+  CHECK(r.options->proxy.buffer_size == 16 * 1024);
 
   r = parse({"--max-request-line", "4k", "--max-head-size", "32k", "--max-headers", "50", "--max-body-size", "10m",
              "--request-body-timeout", "2m", "--client-idle-timeout", "5s", "--backlog", "4096", "--max-connections",
-             "10000"});
+             "10000", "--buffer-size", "64k"});
   REQUIRE(r.options);
+  CHECK(r.options->proxy.buffer_size == 64 * 1024);
   CHECK(r.options->proxy.max_request_line == 4096);
   CHECK(r.options->proxy.max_head_size == 32 * 1024);
   CHECK(r.options->proxy.max_header_count == 50);
@@ -205,6 +207,8 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
                                                          {"--max-headers", "0"},
                                                          {"--max-connections", "many"},
                                                          {"--backlog", "0"},
+                                                         {"--buffer-size", "1k"},
+                                                         {"--buffer-size", "2m"},
                                                          {"--request-body-timeout", "soon"},
                                                          {"--client-idle-timeout", "-5s"},
                                                          {"--bogus"}}) {
