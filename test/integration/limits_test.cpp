@@ -317,3 +317,45 @@ TEST_CASE("1,000 slowloris and slow-reading clients do not keep a normal client 
   CHECK(opened == static_cast<std::size_t>(kSlowloris + kSlowReaders));
   CHECK(proxy.counters().connections_open >= opened);
 }
+
+TEST_CASE("client timeouts: a slow head gets 408, an idle connection is closed", "[integration][limits]") {
+  Origin origin;
+  auto options = TestProxy::test_options();
+  options.client_header_timeout = 300ms;
+  options.client_idle_timeout = 3s;
+  TestProxy proxy({origin.endpoint_url()}, options);
+
+  SECTION("a head that stops half way gets 408 and a close") {
+    Client client(proxy.port());
+    REQUIRE(client.send("GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n"));
+    const Response r = client.read_response();
+    INFO(r.describe());
+    REQUIRE(r.complete);
+    CHECK(r.status == 408);
+    CHECK(client.wait_closed());
+  }
+
+  SECTION("a new connection that sends nothing is closed after the header timeout, without an answer") {
+    Client client(proxy.port());
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(client.wait_closed(10s));
+    // Closed by the header timeout, not by the idle timeout. (This tells which timer fired,
+    // with a wide margin; it is not a measure of speed.)
+    CHECK(std::chrono::steady_clock::now() - start < 2500ms);
+    const Response r = client.read_response();
+    CHECK_FALSE(r.complete);
+  }
+
+  SECTION("a kept-alive connection is closed after the idle timeout, without an answer") {
+    Client client(proxy.port());
+    REQUIRE(client.exchange(make_request("GET", "/")).status == 200);
+    std::this_thread::sleep_for(400ms);  // past the header timeout, within the idle timeout
+    const Response again = client.exchange(make_request("GET", "/"));
+    INFO(again.describe());
+    REQUIRE(again.complete);
+    CHECK(again.status == 200);
+    CHECK(client.wait_closed(10s));
+    CHECK(origin.request_count() == 2);
+  }
+  require_usable(proxy.port());
+}
