@@ -4,6 +4,7 @@
 
 #include <weldr/proxy.hpp>
 
+#include "checks.hpp"
 #include "client.hpp"
 #include "origin.hpp"
 
@@ -41,22 +42,6 @@ using namespace std::chrono_literals;
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-// Checks that a plain GET through the proxy, on a new connection, still works.
-void require_usable(std::uint16_t proxy_port) {
-  const Response r = http_get(proxy_port, "/");
-  INFO("after the failure: " << r.describe());
-  REQUIRE(r.complete);
-  REQUIRE(r.status == 200);
-  REQUIRE(r.body == "Hello World");
-}
-
-// A handler that answers `path` with `reply` and everything else with the default behaviour.
-Handler reply_on(std::string path, Reply reply) {
-  return [path = std::move(path), reply = std::move(reply)](const RecordedRequest& request) {
-    return request.path() == path ? reply : Origin::default_reply(request);
-  };
-}
 
 // Milliseconds left until `deadline`, at least 0.
 int ms_left(Clock::time_point deadline) {

@@ -3,6 +3,7 @@
 
 #include <weldr/proxy.hpp>
 
+#include "checks.hpp"
 #include "client.hpp"
 #include "origin.hpp"
 
@@ -25,14 +26,6 @@ using namespace weldr::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-void require_usable(std::uint16_t proxy_port) {
-  const Response r = http_get(proxy_port, "/");
-  INFO("afterwards: " << r.describe());
-  REQUIRE(r.complete);
-  REQUIRE(r.status == 200);
-  REQUIRE(r.body == "Hello World");
-}
 
 // A raw, blocking socket to 127.0.0.1:port for clients that misbehave on purpose:
 // the test keeps hundreds of them, so they are plain descriptors rather than Client objects.
@@ -261,11 +254,7 @@ TEST_CASE("1,000 slowloris and slow-reading clients do not keep a normal client 
 
   // The 1 MiB body is built once: 200 of them built byte by byte would keep the test origin's
   // one thread busy for seconds under the sanitizers, which would test the origin instead.
-  const auto large = std::make_shared<const std::string>(large_body(1 << 20));
-  Origin origin([large](const RecordedRequest& request) {
-    if (request.path() == "/large") return Reply{.body = *large};
-    return Origin::default_reply(request);
-  });
+  Origin origin(reply_on("/large", Reply{.body = large_body(1 << 20)}));
   auto options = TestProxy::test_options();
   // The attack lasts for the whole test: no timeout comes to the rescue. (And a loaded test
   // machine must not turn into a 504.)

@@ -3,6 +3,7 @@
 
 #include <weldr/proxy.hpp>
 
+#include "checks.hpp"
 #include "client.hpp"
 #include "origin.hpp"
 
@@ -25,22 +26,6 @@ using namespace weldr::test;
 using namespace std::chrono_literals;
 
 namespace {
-
-// Checks that a plain GET through the proxy still works.
-void require_usable(std::uint16_t proxy_port) {
-  const Response r = http_get(proxy_port, "/");
-  INFO("after the failure: " << r.describe());
-  REQUIRE(r.complete);
-  REQUIRE(r.status == 200);
-  REQUIRE(r.body == "Hello World");
-}
-
-// A handler that answers `path` with `reply` and everything else with the default behaviour.
-Handler reply_on(std::string path, Reply reply) {
-  return [path = std::move(path), reply = std::move(reply)](const RecordedRequest& request) {
-    return request.path() == path ? reply : Origin::default_reply(request);
-  };
-}
 
 // A request head with `count` header fields in all (Host included).
 std::string request_with_fields(std::size_t count) {

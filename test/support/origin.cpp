@@ -385,6 +385,12 @@ Reply Origin::default_reply(const RecordedRequest& request) {
   return reply;
 }
 
+Handler reply_on(std::string path, Reply reply) {
+  return [path = std::move(path), reply = std::move(reply)](const RecordedRequest& request) {
+    return request.path() == path ? reply : Origin::default_reply(request);
+  };
+}
+
 // --- TestProxy -------------------------------------------------------------------------------
 
 ProxyOptions TestProxy::test_options() {

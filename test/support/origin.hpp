@@ -119,6 +119,10 @@ class Origin {
 /// The body that `/large?size=N` returns: byte i is 'a' + i % 26.
 std::string large_body(std::size_t size);
 
+/// A handler that answers requests for `path` with `reply` and everything else with
+/// Origin::default_reply().
+Handler reply_on(std::string path, Reply reply);
+
 /// A weldr::Proxy under test with its own Pool, io_context and thread, on 127.0.0.1:0.
 ///
 /// The Proxy is created and starts listening before the thread runs; afterwards every call into
