@@ -81,22 +81,13 @@ class Buffer {
   /// Grows the storage to `capacity` bytes, keeping the unread bytes at the same offsets.
   void grow(std::size_t capacity) {
     if (capacity <= capacity_) return;
-    auto bigger = std::make_unique_for_overwrite<char[]>(capacity);
-    if (data_) std::memcpy(bigger.get(), data_.get(), end_);
-    give_back();
-    data_ = std::move(bigger);
-    capacity_ = capacity;
+    move_to(std::make_unique_for_overwrite<char[]>(capacity), capacity, nullptr);
   }
   /// Moves to a block of `large` (bigger than this buffer's), keeping the unread bytes at the
   /// same offsets; the block goes back to `large` when released.
   void grow_from(BufferPool& large) {
     if (large.block_size() <= capacity_) return;
-    auto bigger = large.get();
-    if (data_) std::memcpy(bigger.get(), data_.get(), end_);
-    give_back();
-    data_ = std::move(bigger);
-    capacity_ = large.block_size();
-    large_ = &large;
+    move_to(large.get(), large.block_size(), &large);
   }
   /// Gives the storage back when nothing is unread (idle connections hold no buffer).
   void release() noexcept {
@@ -107,6 +98,16 @@ class Buffer {
   }
 
  private:
+  // Copies the bytes up to end_ into `block` (of `capacity` bytes, from `home` or from the heap)
+  // and makes it the storage, giving the old one back.
+  void move_to(std::unique_ptr<char[]> block, std::size_t capacity, BufferPool* home) {
+    if (data_) std::memcpy(block.get(), data_.get(), end_);
+    give_back();
+    data_ = std::move(block);
+    capacity_ = capacity;
+    large_ = home;
+  }
+
   void give_back() noexcept {
     if (!data_) return;
     BufferPool* home = nullptr;
