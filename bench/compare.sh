@@ -87,19 +87,12 @@ ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # --- processes: each in its own process group, all stopped on exit -------------------------------
 work=$(mktemp -d /tmp/weldr-compare.XXXXXX)
 mkdir -p "$RESULTS/raw"
-pids=()
+# shellcheck source=procs.sh
+. "$repo/bench/procs.sh"
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 30); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started 30
   # Keep the configurations and logs with the results, then remove the rest.
   cp "$work"/*.conf "$work"/*.cfg "$work"/*.log "$RESULTS/" 2>/dev/null || true
   rm -rf "$work"
@@ -110,9 +103,7 @@ trap cleanup EXIT
 start() {  # start LOGNAME COMMAND...: runs COMMAND in a new process group, logs to $work/LOGNAME.log
   local log=$1
   shift
-  setsid "$@" >"$work/$log.log" 2>&1 </dev/null &
-  pids+=($!)
-  last_pid=$!
+  start_in_group "$work/$log.log" "$@"
 }
 
 wait_http() {  # wait_http PORT: until GET / answers Hello World

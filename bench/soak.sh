@@ -90,20 +90,13 @@ SAMPLE_SECONDS=$SAMPLE_SECONDS
 RSS_TOLERANCE=$RSS_TOLERANCE
 ORIGINS=5
 EOF
-pids=()
+# shellcheck source=procs.sh
+. "$repo/bench/procs.sh"
 weldr_pid=
 cleanup() {
   local status=$?
   trap - EXIT INT TERM
-  for p in "${pids[@]}"; do kill -TERM -- "-$p" 2>/dev/null || kill -TERM "$p" 2>/dev/null || true; done
-  for _ in $(seq 50); do
-    local alive=0
-    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-    [ $alive -eq 0 ] && break
-    sleep 0.1
-  done
-  for p in "${pids[@]}"; do kill -KILL -- "-$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  stop_started 50
   exit "$status"
 }
 trap cleanup EXIT
@@ -111,9 +104,7 @@ trap cleanup EXIT
 start() {  # start LOG COMMAND...: COMMAND in a new process group, stdout and stderr to $RESULTS/LOG
   local log=$1
   shift
-  setsid "$@" >"$RESULTS/$log" 2>&1 </dev/null &
-  pids+=($!)
-  last_pid=$!
+  start_in_group "$RESULTS/$log" "$@"
 }
 wait_for() {  # wait_for URL: until it answers 2xx
   for _ in $(seq 300); do curl -sf --max-time 1 "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done
