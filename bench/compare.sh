@@ -15,9 +15,12 @@
 #   BASE_PORT    first of the ports used, BASE_PORT..BASE_PORT+4 and +11, +12 [18200]
 #   RESULTS      results directory [bench/results/<timestamp>]
 #   JOBS         build jobs [nproc]
+#   WELDR_BASELINE  another weldr-cli binary (say, one built from an earlier commit): adds the
+#                target weldr-base (--threads 1) to TARGETS, for before/after figures from one run
 #
 # Targets: direct (the origin itself), weldr (weldr-cli --threads 1), haproxy (nbthread 1),
-# nginx (one worker, proxy_pass with an upstream keepalive pool), weldr-2t (--threads 2).
+# nginx (one worker, proxy_pass with an upstream keepalive pool), weldr-2t (--threads 2),
+# weldr-base (WELDR_BASELINE, --threads 1).
 # Scenarios: small (GET / 11 B, 64 keep-alive connections), close (GET / with Connection: close,
 # 64 connections), large (GET /large 1 MiB, 16 connections), idle (GET / over 8 connections while
 # IDLE_CONNS idle keep-alive connections are held open; RSS per idle connection).
@@ -38,6 +41,12 @@ WRK_THREADS=${WRK_THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 BASE_PORT=${BASE_PORT:-18200}
 JOBS=${JOBS:-$(nproc)}
+WELDR_BASELINE=${WELDR_BASELINE:-}
+if [ -n "$WELDR_BASELINE" ]; then
+  [ -x "$WELDR_BASELINE" ] || { echo "compare.sh: WELDR_BASELINE=$WELDR_BASELINE is not an executable" >&2; exit 1; }
+  WELDR_BASELINE=$(realpath "$WELDR_BASELINE")
+  case " $TARGETS " in *" weldr-base "*) ;; *) TARGETS="$TARGETS weldr-base" ;; esac
+fi
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-bench/results/$stamp}
 
@@ -46,14 +55,15 @@ die() { echo "compare.sh: $*" >&2; exit 1; }
 # --- ports: refuse to run next to anything that listens on them ---------------------------------
 origin_port=$BASE_PORT
 declare -A port=([direct]=$BASE_PORT [weldr]=$((BASE_PORT + 1)) [weldr-2t]=$((BASE_PORT + 2))
-                 [haproxy]=$((BASE_PORT + 3)) [nginx]=$((BASE_PORT + 4)))
+                 [haproxy]=$((BASE_PORT + 3)) [nginx]=$((BASE_PORT + 4)) [weldr-base]=$((BASE_PORT + 5)))
 admin_port_1=$((BASE_PORT + 11))
 admin_port_2=$((BASE_PORT + 12))
+admin_port_3=$((BASE_PORT + 13))
 for t in $TARGETS; do [ -n "${port[$t]:-}" ] || die "unknown target '$t'"; done
 for s in $SCENARIOS; do
   case $s in small | close | large | idle) ;; *) die "unknown scenario '$s'" ;; esac
 done
-for p in "${port[@]}" "$admin_port_1" "$admin_port_2"; do
+for p in "${port[@]}" "$admin_port_1" "$admin_port_2" "$admin_port_3"; do
   if [ -n "$(ss -Htln "sport = :$p")" ]; then die "port $p is in use; stop what listens there or set BASE_PORT"; fi
 done
 
@@ -213,6 +223,11 @@ for t in $TARGETS; do
       start weldr-2t "$build/weldr-cli" --ip "127.0.0.1:${port[weldr-2t]}" --admin-ip "127.0.0.1:$admin_port_2" \
         --threads 2 "${weldr_flags[@]}"
       pid_of[weldr-2t]=$last_pid ;;
+    weldr-base)
+      [ -n "$WELDR_BASELINE" ] || die "the target weldr-base needs WELDR_BASELINE=path/to/weldr-cli"
+      start weldr-base "$WELDR_BASELINE" --ip "127.0.0.1:${port[weldr-base]}" --admin-ip "127.0.0.1:$admin_port_3" \
+        --threads 1 "${weldr_flags[@]}"
+      pid_of[weldr-base]=$last_pid ;;
     haproxy)
       haproxy -c -q -f "$work/haproxy.cfg" || die "haproxy refused its configuration"
       start haproxy haproxy -db -f "$work/haproxy.cfg"
@@ -233,6 +248,8 @@ done
 for t in $TARGETS; do [ -n "${pid_of[$t]:-}" ] || die "no process found for $t"; done
 
 # --- measuring ------------------------------------------------------------------------------------
+# CPU time, user and system, of every thread of a process, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }  # rss_kib PID VmRSS|VmHWM
 reset_peak() { echo 5 >"/proc/$1/clear_refs" 2>/dev/null || true; }   # VmHWM := VmRSS
 
@@ -250,6 +267,7 @@ versions() {
   echo "haproxy:   $(haproxy -v 2>&1 | head -1)"
   echo "nginx:     $(nginx -v 2>&1)"
   echo "wrk:       $(wrk -v 2>&1 | head -1)"
+  [ -z "$WELDR_BASELINE" ] || echo "weldr-base: $WELDR_BASELINE ($("$WELDR_BASELINE" --version))"
 }
 header() {
   echo "# bench/compare.sh, $(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -267,7 +285,7 @@ header() {
 }
 header | tee "$RESULTS/header.txt"
 
-printf 'round\tscenario\ttarget\traw\tpeak_kib\trss_before_kib\trss_after_kib\tidle_open\tidle_closed\n' \
+printf 'round\tscenario\ttarget\traw\tpeak_kib\trss_before_kib\trss_after_kib\tidle_open\tidle_closed\tcpu_ticks\ttick_hz\n' \
   >"$RESULTS/runs.tsv"
 
 for round in $(seq "$ROUNDS"); do
@@ -303,7 +321,9 @@ for round in $(seq "$ROUNDS"); do
         reset_peak "$pid"
       fi
       printf '%-8s round %s/%s  %-9s ' "$s" "$round" "$ROUNDS" "$t"
+      ticks_before=$(cpu_ticks "$pid")
       run_wrk "$RESULTS/$raw" "${wrk_args[@]}"
+      ticks=$(($(cpu_ticks "$pid") - ticks_before))
       peak=$(rss_kib "$pid" VmHWM)
       if [ "$s" = idle ]; then
         kill -TERM "$idle_pid" 2>/dev/null || true
@@ -311,11 +331,13 @@ for round in $(seq "$ROUNDS"); do
         read -r _ open _ closed _ < <(grep '^open' "$idle_out" || echo "open - closed -")
         echo "idle holder: $(cat "$idle_out" | tr '\n' ' ')" >>"$RESULTS/$raw"
       fi
-      awk '/Requests\/sec/ {r=$2} /Transfer\/sec/ {b=$2} $1 == "99%" {l=$2}
-           /Socket errors|Non-2xx/ {e=e " [" $0 "]"}
-           END {printf "%10s req/s %9s/s  p99 %8s%s\n", r, b, l, e}' "$RESULTS/$raw"
-      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$t" "$raw" "$peak" "$before" "$after" \
-        "$open" "$closed" >>"$RESULTS/runs.tsv"
+      awk -v ticks="$ticks" -v hz="$(getconf CLK_TCK)" \
+        '/Requests\/sec/ {r=$2} /Transfer\/sec/ {b=$2} $1 == "99%" {l=$2} / requests in / {n=$1}
+         /Socket errors|Non-2xx/ {e=e " [" $0 "]"}
+         END {c = n > 0 ? sprintf("%.1f", ticks * 1e6 / hz / n) : "-"
+              printf "%10s req/s %9s/s  p99 %8s  cpu %6s us/req%s\n", r, b, l, c, e}' "$RESULTS/$raw"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$s" "$t" "$raw" "$peak" "$before" "$after" \
+        "$open" "$closed" "$ticks" "$(getconf CLK_TCK)" >>"$RESULTS/runs.tsv"
       sleep 1  # let closed connections drain between runs
     done
   done

@@ -5,8 +5,12 @@
 
 Reads RESULTS_DIR/runs.tsv (one line per wrk run, written by compare.sh) and the raw wrk
 outputs it names, and prints the tables: per scenario and target the medians over rounds of
-req/s, MiB/s, p50 and p99 latency and peak RSS, the errors summed over rounds, then the ratios
-weldr/haproxy, weldr/nginx and weldr/direct. Standard library only.
+req/s, MiB/s, p50 and p99 latency, the CPU time the target's process spent per request (user
+plus system; for direct, the origin's), and peak RSS, the errors summed over rounds, then the
+ratios weldr/haproxy, weldr/nginx, weldr/direct and weldr/weldr-base. Standard library only.
+
+CPU time per request is the steadier figure on a small machine: req/s moves with whatever else
+runs, while the work a proxy does for a request does not.
 """
 
 import csv
@@ -74,6 +78,10 @@ def fmt_ms(v):
     return f"{v:.0f} ms"
 
 
+def fmt_us(v):
+    return "-" if v is None else f"{v:.1f} us"
+
+
 def fmt_ratio(a, b):
     if a is None or b is None or b == 0:
         return "-"
@@ -104,15 +112,18 @@ def main():
             targets.append(t)
         with open(os.path.join(results, run["raw"])) as f:
             figures = parse_wrk(f.read())
-        for key in ("peak_kib", "rss_before_kib", "rss_after_kib", "idle_open", "idle_closed"):
+        for key in ("peak_kib", "rss_before_kib", "rss_after_kib", "idle_open", "idle_closed", "cpu_ticks", "tick_hz"):
             figures[key] = int(run[key]) if run.get(key, "") not in ("", None) else None
+        figures["cpu_us"] = None
+        if figures["cpu_ticks"] is not None and figures["tick_hz"] and figures["requests"]:
+            figures["cpu_us"] = figures["cpu_ticks"] * 1e6 / figures["tick_hz"] / figures["requests"]
         figures["round"] = int(run["round"])
         data.setdefault((s, t), []).append(figures)
 
     out = []
     for s in scenarios:
         out.append(f"### {s}: {SCENARIOS.get(s, s)}\n")
-        headers = ["target", "req/s", "MiB/s", "p50", "p99", "peak RSS", "errors"]
+        headers = ["target", "req/s", "MiB/s", "p50", "p99", "CPU/req", "peak RSS", "errors"]
         if s == "idle":
             headers += ["RSS/idle conn", "idle open at end"]
         rows = []
@@ -121,7 +132,7 @@ def main():
             rounds = data.get((s, t))
             if not rounds:
                 continue
-            m = {k: median([r[k] for r in rounds]) for k in ("rps", "bps", "p50", "p99", "peak_kib")}
+            m = {k: median([r[k] for r in rounds]) for k in ("rps", "bps", "p50", "p99", "cpu_us", "peak_kib")}
             med[t] = m
             sock = sum(r["socket_errors"] for r in rounds)
             non2xx = sum(r["non2xx"] for r in rounds)
@@ -134,7 +145,7 @@ def main():
             if missing:
                 errors.append(f"{missing} failed runs")
             row = [t, fmt_num(m["rps"]), fmt_num(m["bps"] / 1024**2 if m["bps"] else None, 1),
-                   fmt_ms(m["p50"]), fmt_ms(m["p99"]),
+                   fmt_ms(m["p50"]), fmt_ms(m["p99"]), fmt_us(m["cpu_us"]),
                    fmt_num(m["peak_kib"] / 1024 if m["peak_kib"] else None, 1) + " MiB",
                    ", ".join(errors) or "0"]
             if s == "idle":
@@ -147,19 +158,16 @@ def main():
         out.append(table(headers, rows))
         out.append("")
 
+        pairs = [(w, base) for base in ("haproxy", "nginx", "direct") for w in ("weldr", "weldr-2t")]
+        pairs += [("weldr-2t", "weldr"), ("weldr", "weldr-base")]
         ratio_rows = []
-        for base in ("haproxy", "nginx", "direct"):
-            for w in ("weldr", "weldr-2t"):
-                if w in med and base in med:
-                    a, b = med[w], med[base]
-                    ratio_rows.append([f"{w}/{base}", fmt_ratio(a["rps"], b["rps"]),
-                                       fmt_ratio(a["bps"], b["bps"]), fmt_ratio(a["p99"], b["p99"])])
-        if "weldr" in med and "weldr-2t" in med:
-            a, b = med["weldr-2t"], med["weldr"]
-            ratio_rows.append(["weldr-2t/weldr", fmt_ratio(a["rps"], b["rps"]),
-                               fmt_ratio(a["bps"], b["bps"]), fmt_ratio(a["p99"], b["p99"])])
+        for w, base in pairs:
+            if w in med and base in med:
+                a, b = med[w], med[base]
+                ratio_rows.append([f"{w}/{base}", fmt_ratio(a["rps"], b["rps"]), fmt_ratio(a["bps"], b["bps"]),
+                                   fmt_ratio(a["p99"], b["p99"]), fmt_ratio(a["cpu_us"], b["cpu_us"])])
         if ratio_rows:
-            out.append(table(["ratio (medians)", "req/s", "MiB/s", "p99"], ratio_rows))
+            out.append(table(["ratio (medians)", "req/s", "MiB/s", "p99", "CPU/req"], ratio_rows))
             out.append("")
 
     # Per-round figures, to see the spread behind the medians.
@@ -168,9 +176,9 @@ def main():
     for s in scenarios:
         for t in targets:
             for r in data.get((s, t), []):
-                rows.append([s, t, r["round"], fmt_num(r["rps"]), fmt_ms(r["p99"]),
+                rows.append([s, t, r["round"], fmt_num(r["rps"]), fmt_ms(r["p99"]), fmt_us(r["cpu_us"]),
                              fmt_num(r["peak_kib"]), r.get("socket_detail", "0"), r["non2xx"]])
-    out.append(table(["scenario", "target", "round", "req/s", "p99", "peak RSS KiB",
+    out.append(table(["scenario", "target", "round", "req/s", "p99", "CPU/req", "peak RSS KiB",
                       "socket errors", "non-2xx"], rows))
     print("\n".join(out))
 
