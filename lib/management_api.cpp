@@ -71,7 +71,17 @@ class ApiSession;
 
 struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::ManagementApiImpl> {
   ManagementApiImpl(asio::io_context& io_context, Pool& p, Stats& s, ApiOptions o)
-      : io(io_context), pool(p), stats(s), options(std::move(o)), acceptor(io_context) {}
+      : io(io_context),
+        pool(p),
+        stats(s),
+        options(std::move(o)),
+        acceptor(io_context),
+        wheel(std::make_shared<net::TimerWheel>(
+            io_context.get_executor(),
+            net::TimerWheel::resolution_for(std::min(options.timeout, options.idle_timeout)))) {}
+  ~ManagementApiImpl() { wheel->close(); }
+  ManagementApiImpl(const ManagementApiImpl&) = delete;
+  ManagementApiImpl& operator=(const ManagementApiImpl&) = delete;
 
   asio::awaitable<void> accept_loop();
   Reply route(std::string_view method, std::string_view target, std::string_view authorization,
@@ -86,6 +96,7 @@ struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::Manageme
   Stats& stats;
   ApiOptions options;
   tcp::acceptor acceptor;
+  std::shared_ptr<net::TimerWheel> wheel;  // the connections' timeouts
   std::list<ApiSession*> sessions;
   bool stopped{false};
 };
@@ -96,7 +107,7 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
   ApiSession(std::shared_ptr<detail::ManagementApiImpl> api, tcp::socket socket)
       : api_(std::move(api)),
         socket_(std::move(socket)),
-        watchdog_(socket_.get_executor()),
+        watchdog_(*api_->wheel),
         parser_(http::Parser::Kind::request, api_->options.max_head, 100) {
     watchdog_.watch(&socket_);
     self_in_list_ = api_->sessions.insert(api_->sessions.end(), this);
@@ -104,9 +115,6 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
 
   asio::awaitable<void> run() {
     auto self = shared_from_this();
-    asio::co_spawn(
-        socket_.get_executor(), [self]() { return self->watchdog_.run(); },
-        [](std::exception_ptr e) { detail::log_exception(e, "management API"); });
     try {
       while (co_await serve_one()) {
       }
@@ -116,7 +124,8 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
     std::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_send, ignored);
     socket_.close(ignored);
-    watchdog_.stop();
+    watchdog_.disarm(Watchdog::read);
+    watchdog_.disarm(Watchdog::write);
     api_->sessions.erase(self_in_list_);
   }
 

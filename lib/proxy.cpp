@@ -58,6 +58,14 @@ constexpr std::size_t kFreeBuffers = 256;
 constexpr std::size_t kLargeBodyBuffer = 64 * 1024;
 constexpr std::size_t kFreeLargeBuffers = 32;
 
+// The shortest timeout a session may arm, which sets the resolution of the proxy's TimerWheel.
+milliseconds shortest_timeout(const ProxyOptions& o) {
+  milliseconds shortest = std::min({o.connect_timeout, o.read_timeout, o.client_header_timeout,
+                                    o.client_idle_timeout, o.send_timeout, kLingerTime});
+  if (o.request_body_timeout.count() > 0) shortest = std::min(shortest, o.request_body_timeout);
+  return shortest;
+}
+
 bool is_aborted(const std::error_code& ec) {
   return ec == asio::error::operation_aborted;
 }
@@ -99,9 +107,14 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
         retry_budget(options.retry_budget_percent, options.retry_budget_min, options.retry_budget_window),
         acceptor(io_context),
         accept_wakeup(io_context),
-        sweep_timer(io_context) {
+        sweep_timer(io_context),
+        wheel(std::make_shared<net::TimerWheel>(io_context.get_executor(),
+                                                net::TimerWheel::resolution_for(shortest_timeout(options)))) {
     via = "1.1 " + options.via_name;
   }
+  ~ProxyImpl() { wheel->close(); }
+  ProxyImpl(const ProxyImpl&) = delete;
+  ProxyImpl& operator=(const ProxyImpl&) = delete;
 
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> sweep_loop();
@@ -124,6 +137,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   tcp::acceptor acceptor;
   asio::steady_timer accept_wakeup;  // wakes an accept loop paused at the connection limit
   asio::steady_timer sweep_timer;
+  std::shared_ptr<net::TimerWheel> wheel;  // the sessions' timeouts
   std::unique_ptr<asio::steady_timer> grace_timer;
   ProxyCounters counters;
   std::list<Session*> sessions;
@@ -143,8 +157,8 @@ class Session : public std::enable_shared_from_this<Session> {
       : proxy_(std::move(proxy)),
         opts_(proxy_->options),
         client_(std::move(socket)),
-        client_wd_(client_.get_executor()),
-        up_wd_(client_.get_executor()),
+        client_wd_(*proxy_->wheel),
+        up_wd_(*proxy_->wheel),
         in_(proxy_->buffers),
         up_in_(proxy_->buffers),
         req_(http::Parser::Kind::request, opts_.max_head_size, opts_.max_header_count, opts_.max_request_line),
@@ -287,13 +301,6 @@ class Session : public std::enable_shared_from_this<Session> {
 
 asio::awaitable<void> Session::run() {
   auto self = shared_from_this();
-  auto spawn_watchdog = [&](Watchdog& wd) {
-    asio::co_spawn(
-        client_.get_executor(), [self, &wd]() { return wd.run(); },
-        [](std::exception_ptr e) { detail::log_exception(e, "watchdog"); });
-  };
-  spawn_watchdog(client_wd_);
-  spawn_watchdog(up_wd_);
 
   try {
     while (co_await serve_one()) {
@@ -312,8 +319,10 @@ asio::awaitable<void> Session::run() {
   std::error_code ignored;
   client_.close(ignored);
   release_upstream(false);
-  client_wd_.stop();
-  up_wd_.stop();
+  client_wd_.disarm(Watchdog::read);
+  client_wd_.disarm(Watchdog::write);
+  up_wd_.disarm(Watchdog::read);
+  up_wd_.disarm(Watchdog::write);
   proxy_->session_ended(self_in_list_);
 }
 
