@@ -355,14 +355,8 @@ asio::awaitable<bool> Session::serve_one() {
     // A new connection must start its request within the header timeout; a kept-alive one may
     // stay idle for the idle timeout.
     client_wd_.arm(Watchdog::read, fresh ? opts_.client_header_timeout : opts_.client_idle_timeout);
-    if (!fresh) {
-      // Let the work that is ready on other connections run first. By then the client has often
-      // sent its next request, and the read finds it at once, without a wait for readiness.
-      co_await asio::post(client_.get_executor(), asio::use_awaitable);
-      if (proxy_->stopping) co_return false;
-    }
     // A read rather than a wait for readiness: Asio tries it at once, and when nothing is there
-    // it waits without the epoll_ctl that a wait costs.
+    // it waits without the epoll_ctl(MOD) that a wait costs.
     auto [ec, n] = co_await client_.async_read_some(asio::buffer(idle_in_), use_nothrow);
     waiting_idle_ = false;
     if (ec) co_return false;  // closed, reset, idle timeout, or the proxy's stop
