@@ -6,7 +6,9 @@
 //   weldr-alloc-bench [requests]      (default 20000 per scenario)
 //
 // Prints, per scenario, allocations and bytes per request after a warm-up, and exits 1 when a
-// scenario allocates in the steady state (so a script can check it).
+// keep-alive scenario allocates in the steady state (so a script can check it). The scenarios:
+// three on one keep-alive connection, one with 64 keep-alive connections at once (client
+// threads), and, for information only, a new connection per request.
 
 #include <weldr/pool.hpp>
 #include <weldr/proxy.hpp>
@@ -30,6 +32,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 namespace {
 
@@ -269,6 +272,44 @@ int main(int argc, char** argv) {
     std::printf("%-26s %12ld %14.3f %14.1f\n", s.name, requests, allocs, bytes);
     if (allocs > 0.01) ++failures;
     ::close(fd);
+  }
+  // The same small GET over many keep-alive connections at once, each on a client thread of
+  // its own: the proxy then holds many requests in flight, and frees and allocates their
+  // coroutine frames in bursts, which a single connection never shows.
+  {
+    constexpr int kConnections = 64;
+    const std::string request = "GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
+    const long per_connection = std::max(1L, requests / kConnections);
+    std::vector<int> fds;
+    for (int c = 0; c < kConnections; ++c)
+      fds.push_back(connect_to(proxy_port));
+    auto run = [&](long n) {
+      std::vector<std::thread> clients;
+      for (int fd : fds) {
+        clients.emplace_back([&, fd] {
+          std::string buffer;
+          for (long i = 0; i < n; ++i) {
+            if (!send_all(fd, request) || !read_message(fd, buffer)) {
+              std::fprintf(stderr, "%d connections: connection lost after %ld requests\n", kConnections, i);
+              std::exit(2);
+            }
+          }
+        });
+      }
+      for (auto& t : clients)
+        t.join();
+    };
+    run(200);  // warm-up
+    const auto a0 = g_allocations.load();
+    const auto b0 = g_bytes.load();
+    run(per_connection);
+    const long total = per_connection * kConnections;
+    const double allocs = static_cast<double>(g_allocations.load() - a0) / static_cast<double>(total);
+    const double bytes = static_cast<double>(g_bytes.load() - b0) / static_cast<double>(total);
+    std::printf("%-26s %12ld %14.3f %14.1f\n", "GET, 64 connections at once", total, allocs, bytes);
+    if (allocs > 0.01) ++failures;
+    for (int fd : fds)
+      ::close(fd);
   }
   // For information (a new connection allocates its session by nature): the cost of a
   // connection per request.
