@@ -52,47 +52,52 @@ std::shared_ptr<TimerWheel> make_wheel(asio::io_context& io, std::chrono::millis
   return std::make_shared<TimerWheel>(io.get_executor(), resolution);
 }
 
+// An io_context, a wheel of the given resolution, and one watchdog on one socket of a pair.
+struct Rig {
+  explicit Rig(std::chrono::milliseconds resolution) : wheel(make_wheel(io, resolution)), pair(io), watchdog(*wheel) {
+    watchdog.watch(&pair.near);
+  }
+  ~Rig() { wheel->close(); }
+  Rig(const Rig&) = delete;
+  Rig& operator=(const Rig&) = delete;
+
+  asio::io_context io;
+  std::shared_ptr<TimerWheel> wheel;
+  Pair pair;
+  Watchdog watchdog;
+};
+
 }  // namespace
 
 TEST_CASE("a watchdog cancels the watched socket's read when its deadline passes, never before",
           "[unit][watchdog]") {
-  asio::io_context io;
-  auto wheel = make_wheel(io, 10ms);
-  Pair pair(io);
-  Watchdog watchdog(*wheel);
-  watchdog.watch(&pair.near);
+  Rig rig(10ms);
   Read read;
   const auto start = clock_type::now();
-  watchdog.arm(Watchdog::read, 50ms);
-  read.start(pair);
-  io.run_for(5s);
+  rig.watchdog.arm(Watchdog::read, 50ms);
+  read.start(rig.pair);
+  rig.io.run_for(5s);
   REQUIRE(read.result.has_value());
   CHECK(*read.result == asio::error::operation_aborted);
-  CHECK(watchdog.expired(Watchdog::read));
-  CHECK_FALSE(watchdog.expired(Watchdog::write));
+  CHECK(rig.watchdog.expired(Watchdog::read));
+  CHECK_FALSE(rig.watchdog.expired(Watchdog::write));
   CHECK(read.ended - start >= 50ms);
   CHECK(read.ended - start < 2s);
-  wheel->close();
 }
 
 TEST_CASE("a disarmed watchdog leaves the read alone", "[unit][watchdog]") {
-  asio::io_context io;
-  auto wheel = make_wheel(io, 5ms);
-  Pair pair(io);
-  Watchdog watchdog(*wheel);
-  watchdog.watch(&pair.near);
+  Rig rig(5ms);
   Read read;
-  watchdog.arm(Watchdog::read, 30ms);
-  read.start(pair);
-  watchdog.disarm(Watchdog::read);
+  rig.watchdog.arm(Watchdog::read, 30ms);
+  read.start(rig.pair);
+  rig.watchdog.disarm(Watchdog::read);
   // Data comes well after the deadline that was taken back.
-  asio::steady_timer later(io, 150ms);
-  later.async_wait([&](const std::error_code&) { asio::write(pair.far, asio::buffer("x", 1)); });
-  io.run_for(5s);
+  asio::steady_timer later(rig.io, 150ms);
+  later.async_wait([&](const std::error_code&) { asio::write(rig.pair.far, asio::buffer("x", 1)); });
+  rig.io.run_for(5s);
   REQUIRE(read.result.has_value());
   CHECK_FALSE(*read.result);
-  CHECK_FALSE(watchdog.expired(Watchdog::read));
-  wheel->close();
+  CHECK_FALSE(rig.watchdog.expired(Watchdog::read));
 }
 
 TEST_CASE("a deadline moved later fires at the later time, one moved earlier at the earlier", "[unit][watchdog]") {
@@ -131,22 +136,17 @@ TEST_CASE("a deadline moved later fires at the later time, one moved earlier at 
 }
 
 TEST_CASE("the read and write deadlines of one watchdog are kept apart", "[unit][watchdog]") {
-  asio::io_context io;
-  auto wheel = make_wheel(io, 5ms);
-  Pair pair(io);
-  Watchdog watchdog(*wheel);
-  watchdog.watch(&pair.near);
-  watchdog.arm(Watchdog::write, 30ms);
-  watchdog.arm(Watchdog::read, 10s);
+  Rig rig(5ms);
+  rig.watchdog.arm(Watchdog::write, 30ms);
+  rig.watchdog.arm(Watchdog::read, 10s);
   Read read;
-  read.start(pair);
-  io.run_for(5s);
+  read.start(rig.pair);
+  rig.io.run_for(5s);
   // The write deadline cancelled the socket's operations (the read too, as a timeout of the
   // socket does); only the write direction is marked expired.
   REQUIRE(read.result.has_value());
-  CHECK(watchdog.expired(Watchdog::write));
-  CHECK_FALSE(watchdog.expired(Watchdog::read));
-  wheel->close();
+  CHECK(rig.watchdog.expired(Watchdog::write));
+  CHECK_FALSE(rig.watchdog.expired(Watchdog::read));
 }
 
 TEST_CASE("deadlines further away than the ring is long, and many watchdogs, fire in order and on time",
@@ -187,24 +187,19 @@ TEST_CASE("deadlines further away than the ring is long, and many watchdogs, fir
 }
 
 TEST_CASE("the wheel's timer stops when no watchdog is armed", "[unit][watchdog]") {
-  asio::io_context io;
-  auto wheel = make_wheel(io, 5ms);
-  Pair pair(io);
-  Watchdog watchdog(*wheel);
-  watchdog.watch(&pair.near);
-  watchdog.arm(Watchdog::write, 20ms);
+  Rig rig(5ms);
+  rig.watchdog.arm(Watchdog::write, 20ms);
   // Nothing else is pending: run() returns once the deadline has fired and the ring is empty,
   // which it would not while the timer went on ticking.
   const auto start = clock_type::now();
-  io.run_for(5s);
-  CHECK(watchdog.expired(Watchdog::write));
+  rig.io.run_for(5s);
+  CHECK(rig.watchdog.expired(Watchdog::write));
   CHECK(clock_type::now() - start < 4s);
   // Armed again, it starts ticking again.
-  io.restart();
-  watchdog.arm(Watchdog::write, 20ms);
-  io.run_for(5s);
-  CHECK(watchdog.expired(Watchdog::write));
-  wheel->close();
+  rig.io.restart();
+  rig.watchdog.arm(Watchdog::write, 20ms);
+  rig.io.run_for(5s);
+  CHECK(rig.watchdog.expired(Watchdog::write));
 }
 
 TEST_CASE("TimerWheel::resolution_for is a tenth of the shortest timeout, within bounds", "[unit][watchdog]") {
