@@ -15,9 +15,9 @@
 #include "retry_budget.hpp"
 
 #include <asio/co_spawn.hpp>
-#include <asio/post.hpp>
 #include <asio/experimental/as_tuple.hpp>
 #include <asio/experimental/awaitable_operators.hpp>
+#include <asio/post.hpp>
 #include <asio/steady_timer.hpp>
 #include <asio/use_awaitable.hpp>
 #include <asio/write.hpp>
@@ -60,8 +60,8 @@ constexpr std::size_t kFreeLargeBuffers = 32;
 
 // The shortest timeout a session may arm, which sets the resolution of the proxy's TimerWheel.
 milliseconds shortest_timeout(const ProxyOptions& o) {
-  milliseconds shortest = std::min({o.connect_timeout, o.read_timeout, o.client_header_timeout,
-                                    o.client_idle_timeout, o.send_timeout, kLingerTime});
+  milliseconds shortest = std::min(
+      {o.connect_timeout, o.read_timeout, o.client_header_timeout, o.client_idle_timeout, o.send_timeout, kLingerTime});
   if (o.request_body_timeout.count() > 0) shortest = std::min(shortest, o.request_body_timeout);
   return shortest;
 }
@@ -247,7 +247,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // The client asked to close after a request that was read to its end, with nothing after it:
   // it sends no more, so the connection closes at once, without a lingering close.
   bool client_closes_{false};
-  bool first_request_{true};  // nothing was read from the client yet
+  bool first_request_{true};       // nothing was read from the client yet
   std::array<char, 512> idle_in_;  // the start of the next request on an idle connection
   std::string head_out_;
   std::vector<std::string_view> scratch_;

@@ -69,8 +69,7 @@ struct Rig {
 
 }  // namespace
 
-TEST_CASE("a watchdog cancels the watched socket's read when its deadline passes, never before",
-          "[unit][watchdog]") {
+TEST_CASE("a watchdog cancels the watched socket's read when its deadline passes, never before", "[unit][watchdog]") {
   Rig rig(10ms);
   Read read;
   const auto start = clock_type::now();
