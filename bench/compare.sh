@@ -9,7 +9,7 @@
 #   DURATION     seconds per wrk run [10]
 #   ROUNDS       rounds; each round runs every scenario against every target in turn [3]
 #   TARGETS      which targets, in the order of each round ["direct weldr haproxy nginx weldr-2t"]
-#   SCENARIOS    which scenarios ["small close large idle"]
+#   SCENARIOS    which scenarios ["idle small close large"]
 #   WRK_THREADS  wrk -t [2]
 #   IDLE_CONNS   idle connections of the idle scenario [1000]
 #   BASE_PORT    first of the ports used, BASE_PORT..BASE_PORT+4 and +11, +12 [18200]
@@ -36,7 +36,9 @@ trap 'exit 143' TERM
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 TARGETS=${TARGETS:-direct weldr haproxy nginx weldr-2t}
-SCENARIOS=${SCENARIOS:-small close large idle}
+# idle comes first: its first round measures the RSS of idle connections in processes that have
+# not yet held (and freed) thousands of connections, which later rounds would reuse.
+SCENARIOS=${SCENARIOS:-idle small close large}
 WRK_THREADS=${WRK_THREADS:-2}
 IDLE_CONNS=${IDLE_CONNS:-1000}
 BASE_PORT=${BASE_PORT:-18200}

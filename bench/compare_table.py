@@ -125,7 +125,7 @@ def main():
         out.append(f"### {s}: {SCENARIOS.get(s, s)}\n")
         headers = ["target", "req/s", "MiB/s", "p50", "p99", "CPU/req", "peak RSS", "errors"]
         if s == "idle":
-            headers += ["RSS/idle conn", "idle open at end"]
+            headers += ["RSS/idle conn (round 1)", "idle open at end"]
         rows = []
         med = {}
         for t in targets:
@@ -149,9 +149,12 @@ def main():
                    fmt_num(m["peak_kib"] / 1024 if m["peak_kib"] else None, 1) + " MiB",
                    ", ".join(errors) or "0"]
             if s == "idle":
-                per = [(r["rss_after_kib"] - r["rss_before_kib"]) / 1000
-                       for r in rounds if r["rss_after_kib"] is not None and r["rss_before_kib"] is not None]
-                per_conn = median(per)
+                # Only the first round measures a process that has not yet had (and freed) that
+                # many connections; later rounds reuse the memory and read close to zero.
+                first = min(rounds, key=lambda r: r["round"])
+                per_conn = None
+                if first["rss_after_kib"] is not None and first["rss_before_kib"] is not None and first["idle_open"]:
+                    per_conn = (first["rss_after_kib"] - first["rss_before_kib"]) / first["idle_open"]
                 row.append(fmt_num(per_conn, 1) + " KiB" if per_conn is not None else "-")
                 row.append("/".join(str(r["idle_open"]) for r in rounds if r["idle_open"] is not None) or "-")
             rows.append(row)
