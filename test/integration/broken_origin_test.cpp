@@ -114,15 +114,7 @@ class RawOrigin {
     }
 
     // Closes the connection; with `reset`, with an RST (SO_LINGER 0) instead of a FIN.
-    void close(bool reset = false) {
-      if (fd_ < 0) return;
-      if (reset) {
-        const linger l{1, 0};
-        ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-      }
-      ::close(fd_);
-      fd_ = -1;
-    }
+    void close(bool reset = false) { close_socket(fd_, reset); }
 
    private:
     int fd_;

@@ -411,14 +411,18 @@ void Client::shutdown_send() {
   if (fd_ >= 0) ::shutdown(fd_, SHUT_WR);
 }
 
-void Client::close(bool reset) {
-  if (fd_ < 0) return;
+void close_socket(int& fd, bool reset) {
+  if (fd < 0) return;
   if (reset) {
     const linger l{1, 0};
-    ::setsockopt(fd_, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
   }
-  ::close(fd_);
-  fd_ = -1;
+  ::close(fd);
+  fd = -1;
+}
+
+void Client::close(bool reset) {
+  close_socket(fd_, reset);
 }
 
 std::uint16_t Client::local_port() const {

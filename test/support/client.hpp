@@ -153,6 +153,10 @@ class Client {
   bool eof_{false};
 };
 
+/// Closes `fd` and sets it to -1 (nothing when it is already -1); with `reset`, with an RST
+/// (SO_LINGER 0) instead of a FIN.
+void close_socket(int& fd, bool reset = false);
+
 /// Opens a connection, sends `GET path` with `Connection: close` and returns the response.
 Response http_get(std::uint16_t port, std::string_view path);
 
