@@ -124,8 +124,6 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
     std::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_send, ignored);
     socket_.close(ignored);
-    watchdog_.disarm(Watchdog::read);
-    watchdog_.disarm(Watchdog::write);
     api_->sessions.erase(self_in_list_);
   }
 

@@ -319,10 +319,6 @@ asio::awaitable<void> Session::run() {
   std::error_code ignored;
   client_.close(ignored);
   release_upstream(false);
-  client_wd_.disarm(Watchdog::read);
-  client_wd_.disarm(Watchdog::write);
-  up_wd_.disarm(Watchdog::read);
-  up_wd_.disarm(Watchdog::write);
   proxy_->session_ended(self_in_list_);
 }
 

@@ -44,10 +44,7 @@ std::uint64_t TimerWheel::ticks_passed(clock::time_point t) const noexcept {
 }
 
 std::uint64_t TimerWheel::tick_at_or_after(clock::time_point t) const noexcept {
-  if (t <= origin_) return 0;
-  const auto since = t - origin_;
-  const auto ticks = (since + resolution_ - clock::duration(1)) / resolution_;
-  return static_cast<std::uint64_t>(ticks);
+  return ticks_passed(t + resolution_ - clock::duration(1));
 }
 
 void TimerWheel::link(Watchdog& w, clock::time_point due) {
