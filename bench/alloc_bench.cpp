@@ -192,6 +192,17 @@ bool read_message(int fd, std::string& buffer, std::string* head_out = nullptr) 
   }
 }
 
+// Sends `request` and reads its response `n` times on `fd`; exits 2 when the connection is lost.
+void exchange_n(int fd, const std::string& request, long n, const char* what) {
+  std::string buffer;
+  for (long i = 0; i < n; ++i) {
+    if (!send_all(fd, request) || !read_message(fd, buffer)) {
+      std::fprintf(stderr, "%s: connection lost after %ld requests\n", what, i);
+      std::exit(2);
+    }
+  }
+}
+
 // The origin: one thread per connection, answers every request with the response of its path.
 void run_origin(int listener) {
   for (;;) {
@@ -253,15 +264,7 @@ int main(int argc, char** argv) {
   std::printf("%-26s %12s %14s %14s\n", "scenario", "requests", "allocs/req", "bytes/req");
   for (const auto& s : scenarios) {
     const int fd = connect_to(proxy_port);
-    std::string buffer;
-    auto run = [&](long n) {
-      for (long i = 0; i < n; ++i) {
-        if (!send_all(fd, s.request) || !read_message(fd, buffer)) {
-          std::fprintf(stderr, "%s: connection lost after %ld requests\n", s.name, i);
-          std::exit(2);
-        }
-      }
-    };
+    auto run = [&](long n) { exchange_n(fd, s.request, n, s.name); };
     run(1000);  // warm-up: buffers, caches, the upstream connection
     g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
     const auto a0 = g_allocations.load();
@@ -285,17 +288,8 @@ int main(int argc, char** argv) {
       fds.push_back(connect_to(proxy_port));
     auto run = [&](long n) {
       std::vector<std::thread> clients;
-      for (int fd : fds) {
-        clients.emplace_back([&, fd] {
-          std::string buffer;
-          for (long i = 0; i < n; ++i) {
-            if (!send_all(fd, request) || !read_message(fd, buffer)) {
-              std::fprintf(stderr, "%d connections: connection lost after %ld requests\n", kConnections, i);
-              std::exit(2);
-            }
-          }
-        });
-      }
+      for (int fd : fds)
+        clients.emplace_back([&, fd] { exchange_n(fd, request, n, "64 connections"); });
       for (auto& t : clients)
         t.join();
     };
