@@ -10,6 +10,7 @@
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
 #include "net/buffer.hpp"
+#include "net/frame_pool.hpp"
 #include "net/listen.hpp"
 #include "net/watchdog.hpp"
 #include "retry_budget.hpp"
@@ -31,6 +32,17 @@
 #include <list>
 #include <unordered_map>
 #include <vector>
+
+namespace weldr {
+class Session;
+}
+
+// The Session's coroutines (its member functions returning asio::awaitable) take their frames
+// from net::FramePool, so that many connections at once allocate nothing per request.
+template <typename T, typename... Args>
+struct std::coroutine_traits<asio::awaitable<T, asio::any_io_executor>, weldr::Session&, Args...> {
+  using promise_type = weldr::net::PooledFrame<asio::detail::awaitable_frame<T, asio::any_io_executor>>;
+};
 
 namespace weldr {
 
