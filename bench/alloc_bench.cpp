@@ -130,7 +130,8 @@ int listen_socket(std::uint16_t& port) {
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || ::listen(fd, 16) != 0) {
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::listen(fd, SOMAXCONN) != 0) {  // 64 connects may come at once
     std::perror("origin: bind/listen");
     std::exit(2);
   }
@@ -263,6 +264,7 @@ int main(int argc, char** argv) {
   int failures = 0;
   std::printf("%-26s %12s %14s %14s\n", "scenario", "requests", "allocs/req", "bytes/req");
   for (const auto& s : scenarios) {
+    g_trace = false;  // traces show only the allocations that are counted
     const int fd = connect_to(proxy_port);
     auto run = [&](long n) { exchange_n(fd, s.request, n, s.name); };
     run(1000);  // warm-up: buffers, caches, the upstream connection
@@ -283,6 +285,7 @@ int main(int argc, char** argv) {
     constexpr int kConnections = 64;
     const std::string request = "GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
     const long per_connection = std::max(1L, requests / kConnections);
+    g_trace = false;  // the new sessions below are not counted against requests
     std::vector<int> fds;
     for (int c = 0; c < kConnections; ++c)
       fds.push_back(connect_to(proxy_port));
@@ -294,6 +297,7 @@ int main(int argc, char** argv) {
         t.join();
     };
     run(200);  // warm-up
+    g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
     const auto a0 = g_allocations.load();
     const auto b0 = g_bytes.load();
     run(per_connection);
@@ -321,6 +325,7 @@ int main(int argc, char** argv) {
         ::close(fd);
       }
     };
+    g_trace = false;
     run(100);
     g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
     const auto a0 = g_allocations.load();

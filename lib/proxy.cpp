@@ -621,7 +621,10 @@ asio::awaitable<bool> Session::serve_request() {
       }
     }
     // Written for each attempt: a previous one may have used head_out_ for a response head.
+    // Room for the head and what the rewrite adds (Forwarded, Via...), so that a connection's
+    // first request grows it once rather than by doubling from a few bytes.
     head_out_.clear();
+    head_out_.reserve(head_size_ + 256);
     // An HTTP/1.0 request may come without Host; HTTP/1.1 needs one: the backend's address.
     http::RequestRewrite rewrite{client_address_, opts_.forwarded_proto, proxy_->via, backend->id()};
     if (hooks_ != nullptr) {
@@ -1250,13 +1253,13 @@ asio::awaitable<void> detail::ProxyImpl::sweep_loop() {
     co_await sweep_timer.async_wait(use_nothrow);
     if (stopping) break;
     const auto cutoff = clock_type::now() - options.upstream_idle_timeout;
-    for (auto it = idle.begin(); it != idle.end();) {
-      auto& list = it->second;
-      // Also drops connections to backends that are down or draining (removed).
+    // Also drops connections to backends that are down or draining (removed). An emptied list
+    // stays, with its capacity, so that a backend whose connections are all busy at the moment
+    // of a sweep costs no allocation when they come back; the Pool listener (see Proxy's
+    // constructor) erases the list of a backend that is removed, ejected or down.
+    for (auto& [backend, list] : idle)
       std::erase_if(list,
                     [&](const auto& c) { return c->idle_since < cutoff || !c->backend->usable() || !c->still_open(); });
-      it = list.empty() ? idle.erase(it) : std::next(it);
-    }
   }
 }
 
