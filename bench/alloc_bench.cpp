@@ -204,6 +204,22 @@ void exchange_n(int fd, const std::string& request, long n, const char* what) {
   }
 }
 
+// Runs `work`, which serves `units` requests (or connections), with the proxy thread's
+// allocations counted and, under WELDR_ALLOC_TRACE, traced; prints the scenario's row and
+// returns its allocations per unit. Outside these windows nothing is traced.
+template <typename Work>
+double measure(const char* name, long units, Work&& work, const char* note = "") {
+  g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
+  const auto a0 = g_allocations.load();
+  const auto b0 = g_bytes.load();
+  work();
+  g_trace = false;
+  const double allocs = static_cast<double>(g_allocations.load() - a0) / static_cast<double>(units);
+  const double bytes = static_cast<double>(g_bytes.load() - b0) / static_cast<double>(units);
+  std::printf("%-26s %12ld %14.3f %14.1f%s\n", name, units, allocs, bytes, note);
+  return allocs;
+}
+
 // The origin: one thread per connection, answers every request with the response of its path.
 void run_origin(int listener) {
   for (;;) {
@@ -261,21 +277,14 @@ int main(int argc, char** argv) {
        "4096\r\n\r\n" +
            std::string(4096, 'p')},
   };
+  constexpr double kAllowed = 0.01;  // allocations per request a keep-alive scenario may show
   int failures = 0;
   std::printf("%-26s %12s %14s %14s\n", "scenario", "requests", "allocs/req", "bytes/req");
   for (const auto& s : scenarios) {
-    g_trace = false;  // traces show only the allocations that are counted
     const int fd = connect_to(proxy_port);
     auto run = [&](long n) { exchange_n(fd, s.request, n, s.name); };
     run(1000);  // warm-up: buffers, caches, the upstream connection
-    g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
-    const auto a0 = g_allocations.load();
-    const auto b0 = g_bytes.load();
-    run(requests);
-    const double allocs = static_cast<double>(g_allocations.load() - a0) / static_cast<double>(requests);
-    const double bytes = static_cast<double>(g_bytes.load() - b0) / static_cast<double>(requests);
-    std::printf("%-26s %12ld %14.3f %14.1f\n", s.name, requests, allocs, bytes);
-    if (allocs > 0.01) ++failures;
+    if (measure(s.name, requests, [&] { run(requests); }) > kAllowed) ++failures;
     ::close(fd);
   }
   // The same small GET over many keep-alive connections at once, each on a client thread of
@@ -285,7 +294,6 @@ int main(int argc, char** argv) {
     constexpr int kConnections = 64;
     const std::string request = "GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: alloc-bench\r\nAccept: */*\r\n\r\n";
     const long per_connection = std::max(1L, requests / kConnections);
-    g_trace = false;  // the new sessions below are not counted against requests
     std::vector<int> fds;
     for (int c = 0; c < kConnections; ++c)
       fds.push_back(connect_to(proxy_port));
@@ -297,15 +305,8 @@ int main(int argc, char** argv) {
         t.join();
     };
     run(200);  // warm-up
-    g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
-    const auto a0 = g_allocations.load();
-    const auto b0 = g_bytes.load();
-    run(per_connection);
     const long total = per_connection * kConnections;
-    const double allocs = static_cast<double>(g_allocations.load() - a0) / static_cast<double>(total);
-    const double bytes = static_cast<double>(g_bytes.load() - b0) / static_cast<double>(total);
-    std::printf("%-26s %12ld %14.3f %14.1f\n", "GET, 64 connections at once", total, allocs, bytes);
-    if (allocs > 0.01) ++failures;
+    if (measure("GET, 64 connections at once", total, [&] { run(per_connection); }) > kAllowed) ++failures;
     for (int fd : fds)
       ::close(fd);
   }
@@ -325,15 +326,9 @@ int main(int argc, char** argv) {
         ::close(fd);
       }
     };
-    g_trace = false;
     run(100);
-    g_trace = std::getenv("WELDR_ALLOC_TRACE") != nullptr;
-    const auto a0 = g_allocations.load();
-    const auto b0 = g_bytes.load();
-    run(connections);
-    std::printf("%-26s %12ld %14.3f %14.1f   (per connection; not checked)\n", "GET, connection per request",
-                connections, static_cast<double>(g_allocations.load() - a0) / static_cast<double>(connections),
-                static_cast<double>(g_bytes.load() - b0) / static_cast<double>(connections));
+    measure(
+        "GET, connection per request", connections, [&] { run(connections); }, "   (per connection; not checked)");
   }
   asio::post(io, [&] { proxy.stop([&] { io.stop(); }); });
   proxy_thread.join();
