@@ -10,7 +10,6 @@
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
 #include "net/buffer.hpp"
-#include "net/drained_read.hpp"
 #include "net/frame_pool.hpp"
 #include "net/listen.hpp"
 #include "net/watchdog.hpp"
@@ -122,8 +121,7 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
         accept_wakeup(io_context),
         sweep_timer(io_context),
         wheel(std::make_shared<net::TimerWheel>(io_context.get_executor(),
-                                                net::TimerWheel::resolution_for(shortest_timeout(options)))),
-        reads(io_context) {
+                                                net::TimerWheel::resolution_for(shortest_timeout(options)))) {
     via = "1.1 " + options.via_name;
   }
   ~ProxyImpl() { wheel->close(); }
@@ -152,7 +150,6 @@ struct detail::ProxyImpl : std::enable_shared_from_this<detail::ProxyImpl> {
   asio::steady_timer accept_wakeup;  // wakes an accept loop paused at the connection limit
   asio::steady_timer sweep_timer;
   std::shared_ptr<net::TimerWheel> wheel;  // the sessions' timeouts
-  net::DrainedReads reads;                 // the sessions' hot reads (see net/drained_read.hpp)
   std::unique_ptr<asio::steady_timer> grace_timer;
   ProxyCounters counters;
   std::list<Session*> sessions;
@@ -368,7 +365,7 @@ asio::awaitable<bool> Session::serve_one() {
     client_wd_.arm(Watchdog::read, fresh ? opts_.client_header_timeout : opts_.client_idle_timeout);
     // A read rather than a wait for readiness: Asio tries it at once, and when nothing is there
     // it waits without the epoll_ctl(MOD) that a wait costs.
-    auto [ec, n] = co_await proxy_->reads.read_some(client_, asio::buffer(idle_in_), use_nothrow);
+    auto [ec, n] = co_await client_.async_read_some(asio::buffer(idle_in_), use_nothrow);
     waiting_idle_ = false;
     if (ec) co_return false;  // closed, reset, idle timeout, or the proxy's stop
     std::memcpy(in_.write_ptr(), idle_in_.data(), n);
@@ -396,8 +393,7 @@ asio::awaitable<bool> Session::serve_one() {
       }
     }
     if (in_.writable() == 0) in_.grow(std::max(in_.capacity() * 2, opts_.max_head_size + 1));
-    auto [ec, n] =
-        co_await proxy_->reads.read_some(client_, asio::buffer(in_.write_ptr(), in_.writable()), use_nothrow);
+    auto [ec, n] = co_await client_.async_read_some(asio::buffer(in_.write_ptr(), in_.writable()), use_nothrow);
     if (ec) {
       if (client_wd_.expired(Watchdog::read) && in_.size() > 0) {
         ++proxy_->counters.requests;
@@ -935,8 +931,8 @@ asio::awaitable<void> Session::relay_response(Exchange& result) {
         } else {
           up_wd_.disarm(Watchdog::read);  // the body pump arms it when the request is complete
         }
-        auto [ec, n] = co_await proxy_->reads.read_some(
-            up_->socket, asio::buffer(up_in_.write_ptr(), up_in_.writable()), use_nothrow);
+        auto [ec, n] =
+            co_await up_->socket.async_read_some(asio::buffer(up_in_.write_ptr(), up_in_.writable()), use_nothrow);
         up_wd_.disarm(Watchdog::read);
         if (aborted_ && result.failure != Failure::none) co_return;
         if (ec == asio::error::eof && resp_.head_complete()) {
