@@ -367,6 +367,48 @@ TEST_CASE("a response without length framing that is cut short ends with a reset
   }
 }
 
+// A close (FIN or RST) that arrives together with the last bytes raises no epoll event of its
+// own after they are read: the proxy must still see it at once, and not when a timeout fires.
+// The timeouts here are far longer than the client waits.
+TEST_CASE("a close that arrives with the last bytes is seen at once, not at a timeout", "[integration]") {
+  auto options = TestProxy::test_options();
+  options.read_timeout = 120s;
+  options.client_idle_timeout = 120s;
+  options.client_header_timeout = 120s;
+  SECTION("a close-delimited response, the origin closes right after it") {
+    const std::string raw = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe-whole-body";
+    Origin origin(reply_on("/eof", Reply{.close_after_bytes = raw.size(), .raw = raw}));
+    TestProxy proxy({origin.endpoint_url()}, options);
+    for (int i = 0; i < 5; ++i) {
+      Client client(proxy.port(), 10s);
+      const auto response = client.exchange(make_request("GET", "/eof"));
+      REQUIRE(response.complete);
+      CHECK(response.status == 200);
+      CHECK(response.body == "the-whole-body");
+    }
+  }
+  SECTION("a close-delimited response cut by a reset") {
+    const std::string head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\npartial-body";
+    Origin origin(reply_on("/cut", Reply{.close_after_bytes = head.size(), .reset = true, .raw = head}));
+    TestProxy proxy({origin.endpoint_url()}, options);
+    for (int i = 0; i < 5; ++i)
+      CHECK(ends_with_reset(proxy.port(), make_request("GET", "/cut")));  // within 10 s
+  }
+  SECTION("a keep-alive client that half-closes right after its second request") {
+    Origin origin;
+    TestProxy proxy({origin.endpoint_url()}, options);
+    for (int i = 0; i < 5; ++i) {
+      Client client(proxy.port(), 10s);
+      REQUIRE(client.exchange(make_request("GET", "/first")).complete);
+      // The second request goes to an idle keep-alive connection, the FIN right behind it.
+      REQUIRE(client.send(make_request("GET", "/second")));
+      client.shutdown_send();
+      REQUIRE(client.read_response().complete);
+      CHECK(client.wait_closed(10s));
+    }
+  }
+}
+
 TEST_CASE("an upload slower than read_timeout is not a timeout", "[integration]") {
   Origin origin;
   auto options = TestProxy::test_options();
