@@ -7,7 +7,8 @@ Reads RESULTS_DIR/runs.tsv (one line per wrk run, written by compare.sh) and the
 outputs it names, and prints the tables: per scenario and target the medians over rounds of
 req/s, MiB/s, p50 and p99 latency, the CPU time the target's process spent per request (user
 plus system; for direct, the origin's), and peak RSS, the errors summed over rounds, then the
-ratios weldr/haproxy, weldr/nginx, weldr/direct and weldr/weldr-base. Standard library only.
+ratios weldr/haproxy, weldr/nginx, weldr/direct and weldr/weldr-base, of the medians and round
+by round. Standard library only.
 
 CPU time per request is the steadier figure on a small machine: req/s moves with whatever else
 runs, while the work a proxy does for a request does not.
@@ -86,6 +87,30 @@ def fmt_ratio(a, b):
     if a is None or b is None or b == 0:
         return "-"
     return f"{a / b:.2f}"
+
+
+def paired(a_rounds, b_rounds):
+    """Ratios of a to b within each round (the two ran minutes apart, under the same drift): the
+    median and range of the req/s ratio, in how many rounds a served more, and the same for p99.
+    A tie shows as about half the rounds either way, whatever the medians of each target say."""
+    if not a_rounds or not b_rounds:
+        return None
+    b_by_round = {r["round"]: r for r in b_rounds}
+    rps, p99 = [], []
+    for a in a_rounds:
+        b = b_by_round.get(a["round"])
+        if b is None:
+            continue
+        if a["rps"] and b["rps"]:
+            rps.append(a["rps"] / b["rps"])
+        if a["p99"] and b["p99"]:
+            p99.append(a["p99"] / b["p99"])
+    if not rps:
+        return None
+    return [str(len(rps)), f"{statistics.median(rps):.2f} ({min(rps):.2f}-{max(rps):.2f})",
+            f"{sum(1 for x in rps if x > 1)} of {len(rps)}",
+            f"{statistics.median(p99):.2f}" if p99 else "-",
+            f"{sum(1 for x in p99 if x <= 1)} of {len(p99)}" if p99 else "-"]
 
 
 def table(headers, rows):
@@ -171,6 +196,16 @@ def main():
                                    fmt_ratio(a["p99"], b["p99"]), fmt_ratio(a["cpu_us"], b["cpu_us"])])
         if ratio_rows:
             out.append(table(["ratio (medians)", "req/s", "MiB/s", "p99", "CPU/req"], ratio_rows))
+            out.append("")
+
+        paired_rows = []
+        for w, base in pairs:
+            row = paired(data.get((s, w)), data.get((s, base)))
+            if row:
+                paired_rows.append([f"{w}/{base}"] + row)
+        if paired_rows:
+            out.append(table(["round by round", "rounds", "req/s ratio: median (min-max)", "more req/s in",
+                              "p99 ratio: median", "p99 no worse in"], paired_rows))
             out.append("")
 
     # Per-round figures, to see the spread behind the medians.
