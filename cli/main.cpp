@@ -5,6 +5,7 @@
 #include "options.hpp"
 
 #include <weldr/access_log.hpp>
+#include <weldr/cluster.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/management_api.hpp>
@@ -19,11 +20,17 @@
 
 #include <fmt/format.h>
 
+#include <spawn.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <asio/steady_timer.hpp>
 
 #include <atomic>
 #include <csignal>
 #include <cstdio>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -51,6 +58,88 @@ std::uint64_t raise_descriptor_limit() {
     if (setrlimit(RLIMIT_NOFILE, &raised) == 0) limit = raised;
   }
   return limit.rlim_cur == RLIM_INFINITY ? UINT64_MAX : static_cast<std::uint64_t>(limit.rlim_cur);
+}
+
+extern "C" char** environ;
+
+// Runs --on-role-change, one invocation at a time and in order, each bounded by a timeout;
+// waits on the control io_context (polling waitpid), so the event loop never blocks.
+class RoleCommand {
+ public:
+  RoleCommand(asio::io_context& io, std::string command, std::chrono::milliseconds timeout)
+      : io_(io), command_(std::move(command)), timeout_(timeout), timer_(io) {}
+
+  void run(weldr::ClusterRole role) {
+    queue_.emplace_back(weldr::to_string(role));
+    if (pid_ <= 0) next();
+  }
+
+ private:
+  void next() {
+    if (queue_.empty()) return;
+    role_ = queue_.front();
+    queue_.pop_front();
+    // sh -c 'CMD "$@"' sh ROLE: the command may carry arguments of its own.
+    const std::string script = command_ + " \"$@\"";
+    std::vector<std::string> args{"/bin/sh", "-c", script, "weldr-role-change", role_};
+    std::vector<char*> argv;
+    for (auto& a : args)
+      argv.push_back(a.data());
+    argv.push_back(nullptr);
+    pid_t pid = -1;
+    const int rc = posix_spawn(&pid, "/bin/sh", nullptr, nullptr, argv.data(), environ);
+    if (rc != 0) {
+      log_line(weldr::LogLevel::error, fmt::format("--on-role-change {}: cannot start: {}", role_, std::strerror(rc)));
+      next();
+      return;
+    }
+    pid_ = pid;
+    started_ = std::chrono::steady_clock::now();
+    poll();
+  }
+
+  void poll() {
+    timer_.expires_after(std::chrono::milliseconds(20));
+    timer_.async_wait([this](std::error_code ec) {
+      if (ec) return;
+      int status = 0;
+      const pid_t done = ::waitpid(pid_, &status, WNOHANG);
+      if (done == 0) {
+        if (std::chrono::steady_clock::now() - started_ > timeout_) {
+          ::kill(pid_, SIGKILL);
+          ::waitpid(pid_, &status, 0);
+          log_line(weldr::LogLevel::error,
+                   fmt::format("--on-role-change {}: killed after {} ms", role_, timeout_.count()));
+        } else {
+          poll();
+          return;
+        }
+      } else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+        log_line(weldr::LogLevel::info, fmt::format("--on-role-change {}: exit status 0", role_));
+      } else {
+        log_line(weldr::LogLevel::error,
+                 WIFEXITED(status) ? fmt::format("--on-role-change {}: exit status {}", role_, WEXITSTATUS(status))
+                                   : fmt::format("--on-role-change {}: killed by signal {}", role_, WTERMSIG(status)));
+      }
+      pid_ = -1;
+      next();
+    });
+  }
+
+  asio::io_context& io_;
+  std::string command_;
+  std::chrono::milliseconds timeout_;
+  asio::steady_timer timer_;
+  std::deque<std::string> queue_;
+  std::string role_;
+  pid_t pid_{-1};
+  std::chrono::steady_clock::time_point started_;
+};
+
+std::string host_name() {
+  char name[256] = {};
+  if (::gethostname(name, sizeof name - 1) != 0 || name[0] == '\0') return "weldr";
+  return name;
 }
 
 }  // namespace
@@ -134,10 +223,37 @@ int main(int argc, char** argv) {
   const auto admin_endpoint = *weldr::cli::parse_endpoint(options.admin_listen);
   weldr::HealthChecker checker(control, pool, options.health);
   checker.start();
+  std::unique_ptr<RoleCommand> role_command;
+  std::unique_ptr<weldr::Cluster> cluster;
+  if (!options.cluster.etcd.empty()) {
+    weldr::ClusterOptions cluster_options = options.cluster;
+    if (cluster_options.node.empty()) cluster_options.node = fmt::format("{}:{}", host_name(), endpoint.port());
+    cluster_options.proxy_address = bound;
+    cluster_options.admin_address = options.admin_listen;
+    if (!options.on_role_change.empty()) {
+      role_command = std::make_unique<RoleCommand>(control, options.on_role_change, options.role_change_timeout);
+      cluster_options.on_role_change = [&role_command](weldr::ClusterRole role) { role_command->run(role); };
+    }
+    try {
+      cluster = std::make_unique<weldr::Cluster>(control, pool, cluster_options, &checker);
+    } catch (const std::exception& e) {
+      log_line(weldr::LogLevel::error, fmt::format("weldr-cli: {}", e.what()));
+      return 2;
+    }
+    log_line(
+        weldr::LogLevel::info,
+        fmt::format("cluster {}: node {}, etcd {}{}", cluster_options.name, cluster_options.node, cluster_options.etcd,
+                    cluster_options.vip.empty()
+                        ? std::string()
+                        : fmt::format(", virtual IP {} on {}", cluster_options.vip, cluster_options.vip_interface)));
+  }
   weldr::ApiOptions api_options;
   api_options.health_checker = &checker;
   api_options.token = options.admin_token;
-  api_options.state_file = state.get();
+  // In a cluster, etcd has the registrations; the state file is only this node's cache.
+  api_options.state_file = cluster ? nullptr : state.get();
+  api_options.store = cluster.get();
+  api_options.cluster = cluster.get();
   weldr::ManagementApi api(control, pool, stats, api_options);
   {
     std::error_code ec;
@@ -158,6 +274,8 @@ int main(int argc, char** argv) {
     }
   }
 
+  if (cluster) cluster->start();
+
   asio::signal_set signals(control, SIGINT, SIGTERM);
   asio::signal_set hangups(control, SIGHUP);
   std::atomic<unsigned> running{static_cast<unsigned>(workers.size())};
@@ -170,24 +288,32 @@ int main(int argc, char** argv) {
         std::_Exit(1);
       }
       stopping = true;
-      api.stop();
-      checker.stop();
-      log_line(weldr::LogLevel::info, fmt::format("signal {}: finishing in-flight requests (up to {} ms)", signal,
-                                                  options.shutdown_timeout.count()));
-      for (auto& w : workers) {
-        asio::post(w->io, [&, w = w.get()] {
-          w->proxy->stop(options.shutdown_timeout, [&, w] {
-            w->io.stop();
-            if (running.fetch_sub(1) == 1) {
-              asio::post(control, [&] {
-                signals.cancel();
-                hangups.cancel();
-              });
-            }
-          });
-        });
-      }
       wait_signal();
+      auto drain = [&, signal] {
+        api.stop();
+        checker.stop();
+        log_line(weldr::LogLevel::info, fmt::format("signal {}: finishing in-flight requests (up to {} ms)", signal,
+                                                    options.shutdown_timeout.count()));
+        for (auto& w : workers) {
+          asio::post(w->io, [&, w = w.get()] {
+            w->proxy->stop(options.shutdown_timeout, [&, w] {
+              w->io.stop();
+              if (running.fetch_sub(1) == 1) {
+                asio::post(control, [&] {
+                  signals.cancel();
+                  hangups.cancel();
+                });
+              }
+            });
+          });
+        }
+      };
+      // The active node hands over first (the proxies keep serving meanwhile), then drains.
+      if (cluster) {
+        cluster->shutdown(drain);
+      } else {
+        drain();
+      }
     });
   };
   wait_signal();

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <charconv>
+#include <cstdlib>
 #include <thread>
 
 namespace weldr::cli {
@@ -250,6 +251,30 @@ ParseResult parse_options(int argc, const char* const* argv) {
   app.add_option("--access-log-format", access_log_format, "combined, common or json")
       ->check(CLI::IsMember({"combined", "common", "json"}))
       ->capture_default_str();
+  std::string lease_ttl = "2s";
+  std::string etcd_timeout = "2s";
+  std::string role_change_timeout = "10s";
+  app.add_option("--etcd", o.cluster.etcd,
+                 "etcd client URLs, comma-separated (http://host:port); turns cluster mode on")
+      ->envname("WELDR_ETCD");
+  app.add_option("--cluster-name", o.cluster.name, "Cluster name: its keys live under /weldr/<name>/ in etcd")
+      ->capture_default_str();
+  app.add_option("--node-name", o.cluster.node,
+                 "This node's name in the cluster, unique (default: host name:proxy port)");
+  app.add_option("--lease-ttl", lease_ttl, "etcd lease of this node's membership and leadership (1s to 60s)")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--etcd-timeout", etcd_timeout, "Time allowed for each call to etcd (API writes answer 503 after it)")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--vip", o.cluster.vip, "Virtual IP the active node holds, ADDR/LEN (IPv4 or IPv6)");
+  app.add_option("--vip-interface", o.cluster.vip_interface, "Interface that the virtual IP goes on");
+  app.add_option("--on-role-change", o.on_role_change,
+                 "Command run with 'active' or 'passive' as its argument on each role change (at start: passive)");
+  app.add_option("--role-change-timeout", role_change_timeout, "Time the --on-role-change command may take")
+      ->check(DurationValidator{})
+      ->capture_default_str();
+  app.add_option("--etcd-user", o.cluster.etcd_user, "etcd user (the password comes from WELDR_ETCD_PASSWORD)");
   app.add_option("--log-level", log_level, "error, warn, info or debug")
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
       ->capture_default_str();
@@ -312,6 +337,28 @@ ParseResult parse_options(int argc, const char* const* argv) {
     return result;
   }
   o.log_level = *parse_log_level(log_level);
+  if (!o.cluster.etcd.empty() || !o.cluster.vip.empty() || !o.on_role_change.empty()) {
+    auto fail = [&](const std::string& why) {
+      result.exit_code = 2;
+      result.message = "weldr-cli: " + why + " (see --help)";
+      return result;
+    };
+    if (o.cluster.etcd.empty()) return fail("--vip and --on-role-change need cluster mode (--etcd)");
+    const auto ttl = *parse_duration(lease_ttl);
+    if (ttl.count() % 1000 != 0 || ttl < std::chrono::seconds(1) || ttl > std::chrono::seconds(60)) {
+      return fail("--lease-ttl must be whole seconds from 1s to 60s");
+    }
+    o.cluster.lease_ttl = std::chrono::duration_cast<std::chrono::seconds>(ttl);
+    o.cluster.request_timeout = *parse_duration(etcd_timeout);
+    o.role_change_timeout = *parse_duration(role_change_timeout);
+    if (const char* password = std::getenv("WELDR_ETCD_PASSWORD")) o.cluster.etcd_password = password;
+    if (!o.cluster.etcd_user.empty() && o.cluster.etcd_password.empty()) {
+      return fail("--etcd-user needs the password in WELDR_ETCD_PASSWORD");
+    }
+    ClusterOptions check = o.cluster;
+    if (check.node.empty()) check.node = "node";  // main() picks the default name
+    if (const std::string why = validate(check); !why.empty()) return fail(why);
+  }
   if (o.threads == 0) o.threads = std::max(1u, std::thread::hardware_concurrency());
   o.proxy.reuse_port = o.threads > 1;
   result.options = std::move(o);

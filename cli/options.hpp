@@ -2,6 +2,7 @@
 // weldr-cli's command line: parsing and validation, kept apart from main() so it can be tested.
 
 #include <weldr/access_log.hpp>
+#include <weldr/cluster.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/log.hpp>
 #include <weldr/pool.hpp>
@@ -36,6 +37,11 @@ struct Options {
   /// --max-connections: the cap on open client connections; nothing means "from the descriptor
   /// limit" (see auto_max_connections), 0 means no cap.
   std::optional<std::size_t> max_connections;
+  /// Cluster mode (--etcd and the rest); `cluster.etcd` empty means standalone. `cluster.node`
+  /// is empty when --node-name was not given (main() uses host name:proxy port).
+  ClusterOptions cluster;
+  std::string on_role_change;                            ///< --on-role-change: a command
+  std::chrono::milliseconds role_change_timeout{10000};  ///< --role-change-timeout
 };
 
 /// The default connection cap for a descriptor limit: each client connection may hold two

@@ -1,7 +1,9 @@
 #include <weldr/management_api.hpp>
 
+#include <weldr/cluster.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/pool.hpp>
+#include <weldr/pool_store.hpp>
 #include <weldr/state_file.hpp>
 #include <weldr/stats.hpp>
 
@@ -75,6 +77,8 @@ struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::Manageme
         pool(p),
         stats(s),
         options(std::move(o)),
+        local_store(options.store == nullptr ? std::make_unique<LocalStore>(pool, options.health_checker) : nullptr),
+        store(options.store != nullptr ? *options.store : *local_store),
         acceptor(io_context),
         wheel(std::make_shared<net::TimerWheel>(
             io_context.get_executor(),
@@ -84,17 +88,22 @@ struct detail::ManagementApiImpl : std::enable_shared_from_this<detail::Manageme
   ManagementApiImpl& operator=(const ManagementApiImpl&) = delete;
 
   asio::awaitable<void> accept_loop();
-  Reply route(std::string_view method, std::string_view target, std::string_view authorization,
-              std::string_view content_type, bool has_content_type, const std::string& body);
-  Reply register_server(std::string_view content_type, bool has_content_type, const std::string& body);
+  asio::awaitable<Reply> route(std::string_view method, std::string_view target, std::string_view authorization,
+                               std::string_view content_type, bool has_content_type, const std::string& body);
+  asio::awaitable<Reply> register_server(std::string_view content_type, bool has_content_type, const std::string& body);
+  asio::awaitable<Reply> remove_server(const std::string& id);
   Reply after_change(Reply reply) const;
-  Reply health_config(std::string_view method, std::string_view content_type, bool has_content_type,
-                      const std::string& body);
+  asio::awaitable<Reply> health_config(std::string_view method, std::string_view content_type, bool has_content_type,
+                                       const std::string& body);
+  asio::awaitable<Reply> cluster_route(std::string_view path, std::string_view method);
+  std::string metrics() const;
 
   asio::io_context& io;
   Pool& pool;
   Stats& stats;
   ApiOptions options;
+  std::unique_ptr<LocalStore> local_store;  // when the host gave no store
+  PoolStore& store;
   tcp::acceptor acceptor;
   std::shared_ptr<net::TimerWheel> wheel;  // the connections' timeouts
   std::list<ApiSession*> sessions;
@@ -199,8 +208,9 @@ class ApiSession : public std::enable_shared_from_this<ApiSession> {
         has_content_type = true;
       }
     }
-    Reply reply = api_->route(head.method_name.view(base), head.target.view(base), authorization, content_type,
-                              has_content_type, body_);
+    // The head's strings point into in_, which stays as it is while the route runs.
+    Reply reply = co_await api_->route(head.method_name.view(base), head.target.view(base), authorization, content_type,
+                                       has_content_type, body_);
     const bool keep_alive = head.keep_alive && !api_->stopped;
     const bool head_request = head.method == HTTP_HEAD;
     in_.erase(0, std::min(parsed, in_.size()));
@@ -255,14 +265,16 @@ asio::awaitable<void> detail::ManagementApiImpl::accept_loop() {
   }
 }
 
-Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view target, std::string_view authorization,
-                                       std::string_view content_type, bool has_content_type, const std::string& body) {
+asio::awaitable<Reply> detail::ManagementApiImpl::route(std::string_view method, std::string_view target,
+                                                        std::string_view authorization, std::string_view content_type,
+                                                        bool has_content_type, const std::string& body) {
+  auto self = shared_from_this();
   if (!options.token.empty()) {
     constexpr std::string_view kBearer = "Bearer ";
     const bool bearer = authorization.size() > kBearer.size() && http::iequals(authorization.substr(0, 7), kBearer);
     const std::string_view given = bearer ? authorization.substr(kBearer.size()) : std::string_view{};
     if (!constant_time_equal(given, options.token)) {
-      return json_error(401, "missing or wrong bearer token", "WWW-Authenticate: Bearer realm=\"weldr\"\r\n");
+      co_return json_error(401, "missing or wrong bearer token", "WWW-Authenticate: Bearer realm=\"weldr\"\r\n");
     }
   }
   std::string_view path = target.substr(0, target.find('?'));
@@ -272,87 +284,135 @@ Reply detail::ManagementApiImpl::route(std::string_view method, std::string_view
     return json_error(405, "method not allowed", fmt::format("Allow: {}\r\n", allow));
   };
 
-  if (path == "/") return get ? json_reply(200, api::index_json()) : not_allowed("GET, HEAD");
+  if (path == "/") co_return get ? json_reply(200, api::index_json()) : not_allowed("GET, HEAD");
   if (path == "/servers") {
-    if (get) return json_reply(200, api::servers_json(pool.list(), options.health_checker));
-    if (method == "POST") return register_server(content_type, has_content_type, body);
-    return not_allowed("GET, HEAD, POST");
+    if (get) co_return json_reply(200, api::servers_json(pool.list(), options.health_checker));
+    if (method == "POST") co_return co_await register_server(content_type, has_content_type, body);
+    co_return not_allowed("GET, HEAD, POST");
   }
-  if (path == "/stats") return get ? json_reply(200, api::stats_json(stats)) : not_allowed("GET, HEAD");
-  if (path == "/config/health-check") return health_config(method, content_type, has_content_type, body);
+  if (path == "/stats") co_return get ? json_reply(200, api::stats_json(stats)) : not_allowed("GET, HEAD");
+  if (path == "/config/health-check") co_return co_await health_config(method, content_type, has_content_type, body);
   if (path == "/stats/detail")
-    return get ? json_reply(200, api::stats_detail_json(pool.list())) : not_allowed("GET, HEAD");
+    co_return get ? json_reply(200, api::stats_detail_json(pool.list())) : not_allowed("GET, HEAD");
   if (path == "/metrics") {
-    if (!get) return not_allowed("GET, HEAD");
-    return {200, api::metrics_text(stats, pool.list()), {}, "text/plain; version=0.0.4; charset=utf-8"};
+    if (!get) co_return not_allowed("GET, HEAD");
+    co_return Reply{200, metrics(), {}, "text/plain; version=0.0.4; charset=utf-8"};
   }
+  if (path == "/cluster" || path == "/cluster/resign") co_return co_await cluster_route(path, method);
   constexpr std::string_view kServers = "/servers/";
   if (path.substr(0, kServers.size()) == kServers) {
     const std::string_view rest = path.substr(kServers.size());
     const auto slash = rest.rfind('/');
-    if (slash == std::string_view::npos) return json_error(404, "use /servers/{ip}/{port}");
+    if (slash == std::string_view::npos) co_return json_error(404, "use /servers/{ip}/{port}");
     std::string error;
     const auto id = api::id_from_path(rest.substr(0, slash), rest.substr(slash + 1), error);
-    if (!id) return json_error(400, error);
+    if (!id) co_return json_error(400, error);
     if (get) {
       const auto backend = pool.find(*id);
-      if (!backend) return json_error(404, fmt::format("no server {}", *id));
-      return json_reply(200, api::server_json(*backend, options.health_checker));
+      if (!backend) co_return json_error(404, fmt::format("no server {}", *id));
+      co_return json_reply(200, api::server_json(*backend, options.health_checker));
     }
-    if (method == "DELETE") {
-      if (!pool.remove(*id)) return json_error(404, fmt::format("no server {}", *id));
-      detail::log(LogLevel::info, "server {} removed through the management API", *id);
-      return after_change(json_reply(204, {}));
-    }
-    return not_allowed("GET, HEAD, DELETE");
+    if (method == "DELETE") co_return co_await remove_server(*id);
+    co_return not_allowed("GET, HEAD, DELETE");
   }
-  return json_error(404, fmt::format("no such resource: {}", path));
+  co_return json_error(404, fmt::format("no such resource: {}", path));
 }
 
-Reply detail::ManagementApiImpl::register_server(std::string_view content_type, bool has_content_type,
-                                                 const std::string& body) {
-  if (!json_content_type(content_type, has_content_type)) return json_error(415, "the body must be application/json");
+namespace {
+
+// The HTTP answer to a store's refusal.
+Reply store_error(const StoreResult& result) {
+  switch (result.status) {
+    case StoreResult::Status::not_found: return json_error(404, result.message);
+    case StoreResult::Status::conflict: return json_error(409, result.message);
+    case StoreResult::Status::unavailable: return json_error(503, result.message, "Retry-After: 1\r\n");
+    default: return json_error(500, result.message);
+  }
+}
+
+}  // namespace
+
+asio::awaitable<Reply> detail::ManagementApiImpl::register_server(std::string_view content_type, bool has_content_type,
+                                                                  const std::string& body) {
+  auto self = shared_from_this();
+  if (!json_content_type(content_type, has_content_type)) {
+    co_return json_error(415, "the body must be application/json");
+  }
   std::string error;
   const auto registration = api::parse_registration(body, error);
-  if (!registration) return json_error(400, error);
+  if (!registration) co_return json_error(400, error);
   const std::string id = registration->address.id();
   const unsigned weight = registration->weight;
-  if (pool.add(registration->address, registration->check, weight == 0 ? 1 : weight)) {
-    detail::log(LogLevel::info, "server {} registered through the management API", id);
-    const auto backend = pool.find(id);
-    return after_change(json_reply(201, api::server_json(*backend, options.health_checker),
-                                   fmt::format("Location: {}\r\n", api::server_path(*backend))));
+  const StoreResult result = co_await store.add(registration->address, registration->check, weight);
+  if (!result.ok()) co_return store_error(result);
+  // The store has it; the Pool normally shows it already. If not yet (a cluster whose watch is
+  // late), answer with the registration as stored.
+  auto backend = pool.find(id);
+  if (!backend)
+    backend = std::make_shared<Backend>(registration->address, registration->check, weight == 0 ? 1 : weight);
+  switch (result.status) {
+    case StoreResult::Status::created:
+      detail::log(LogLevel::info, "server {} registered through the management API", id);
+      co_return after_change(json_reply(201, api::server_json(*backend, options.health_checker),
+                                        fmt::format("Location: {}\r\n", api::server_path(*backend))));
+    case StoreResult::Status::updated:
+      detail::log(LogLevel::info, "server {}: weight set to {} through the management API", id, weight);
+      co_return after_change(json_reply(200, api::server_json(*backend, options.health_checker)));
+    default: co_return json_reply(200, api::server_json(*backend, options.health_checker));
   }
-  const auto existing = pool.find(id);
-  if (existing && existing->state() == BackendState::draining) {
-    return json_error(409, fmt::format("server {} is being removed; register it again once it is gone", id));
-  }
-  if (!existing) return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
-  // Registering again is harmless and is how a weight is changed at runtime.
-  if (weight != 0 && existing->weight() != weight) {
-    if (!pool.set_weight(id, weight)) {
-      return json_error(409, fmt::format("server {} changed meanwhile; try again", id));
-    }
-    detail::log(LogLevel::info, "server {}: weight set to {} through the management API", id, weight);
-    return after_change(json_reply(200, api::server_json(*existing, options.health_checker)));
-  }
-  return json_reply(200, api::server_json(*existing, options.health_checker));
 }
 
-Reply detail::ManagementApiImpl::health_config(std::string_view method, std::string_view content_type,
-                                               bool has_content_type, const std::string& body) {
-  if (options.health_checker == nullptr) return json_error(404, "health checks are not enabled");
+asio::awaitable<Reply> detail::ManagementApiImpl::remove_server(const std::string& id) {
+  auto self = shared_from_this();
+  const StoreResult result = co_await store.remove(id);
+  if (!result.ok()) co_return store_error(result);
+  detail::log(LogLevel::info, "server {} removed through the management API", id);
+  co_return after_change(json_reply(204, {}));
+}
+
+asio::awaitable<Reply> detail::ManagementApiImpl::health_config(std::string_view method, std::string_view content_type,
+                                                                bool has_content_type, const std::string& body) {
+  auto self = shared_from_this();
+  if (options.health_checker == nullptr) co_return json_error(404, "health checks are not enabled");
   HealthChecker& checker = *options.health_checker;
-  if (method == "GET" || method == "HEAD") return json_reply(200, to_json(checker.defaults()) + "\n");
-  if (method != "PUT") return json_error(405, "method not allowed", "Allow: GET, HEAD, PUT\r\n");
-  if (!json_content_type(content_type, has_content_type)) return json_error(415, "the body must be application/json");
+  if (method == "GET" || method == "HEAD") co_return json_reply(200, to_json(checker.defaults()) + "\n");
+  if (method != "PUT") co_return json_error(405, "method not allowed", "Allow: GET, HEAD, PUT\r\n");
+  if (!json_content_type(content_type, has_content_type)) {
+    co_return json_error(415, "the body must be application/json");
+  }
   // A partial object changes only the settings it names.
   std::string error;
   const auto updated = apply_check_json(checker.defaults(), body, error);
-  if (!updated) return json_error(400, error);
-  checker.set_defaults(*updated);
+  if (!updated) co_return json_error(400, error);
+  const StoreResult result = co_await store.set_health_check(*updated);
+  if (!result.ok()) co_return store_error(result);
   detail::log(LogLevel::info, "health-check settings changed through the management API: {}", to_json(*updated));
-  return json_reply(200, to_json(*updated) + "\n");
+  co_return json_reply(200, to_json(*updated) + "\n");
+}
+
+asio::awaitable<Reply> detail::ManagementApiImpl::cluster_route(std::string_view path, std::string_view method) {
+  auto self = shared_from_this();
+  const bool get = method == "GET" || method == "HEAD";
+  if (path == "/cluster") {
+    if (!get) co_return json_error(405, "method not allowed", "Allow: GET, HEAD\r\n");
+    if (options.cluster == nullptr) co_return json_reply(200, api::standalone_cluster_json());
+    co_return json_reply(200, api::cluster_json(options.cluster->status()));
+  }
+  if (method != "POST") co_return json_error(405, "method not allowed", "Allow: POST\r\n");
+  if (options.cluster == nullptr) co_return json_error(409, "this node is not in a cluster");
+  const std::string error = co_await options.cluster->resign();
+  if (!error.empty()) {
+    const bool store_down = error.starts_with("cluster store unavailable");
+    co_return json_error(store_down ? 503 : 409, error);
+  }
+  detail::log(LogLevel::info, "resigned the active role through the management API");
+  co_return json_reply(200, api::cluster_json(options.cluster->status()));
+}
+
+std::string detail::ManagementApiImpl::metrics() const {
+  std::string text = api::metrics_text(stats, pool.list());
+  if (options.cluster != nullptr) text += api::cluster_metrics(options.cluster->status());
+  return text;
 }
 
 Reply detail::ManagementApiImpl::after_change(Reply reply) const {

@@ -13,8 +13,10 @@
 
 namespace weldr {
 
+class Cluster;
 class HealthChecker;
 class Pool;
+class PoolStore;
 class Stats;
 class StateFile;
 namespace detail {
@@ -37,11 +39,17 @@ struct ApiOptions {
   StateFile* state_file{nullptr};
   /// When set, servers show their health and /config/health-check reads and changes its settings.
   HealthChecker* health_checker{nullptr};
+  /// Where registrations and the health-check settings are changed. When null, the API changes
+  /// the Pool (and the HealthChecker) directly, through a LocalStore of its own.
+  PoolStore* store{nullptr};
+  /// When set (cluster mode), GET /cluster shows the cluster, POST /cluster/resign steps down,
+  /// and /metrics has the cluster's gauges. It is usually also the store.
+  Cluster* cluster{nullptr};
 };
 
-/// The management API on a host-owned io_context (run by one thread). Changes go straight to
-/// the Pool, so proxies see them at once, and changes the host makes to the Pool directly show
-/// up in the API at once.
+/// The management API on a host-owned io_context (run by one thread). Changes go to the
+/// PoolStore (the Pool itself when standalone, etcd in a cluster) and are answered once the
+/// store has them; changes the host makes to the Pool directly show up in the API at once.
 class ManagementApi {
  public:
   /// An API over `pool` and `stats`, which must outlive it.

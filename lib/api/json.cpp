@@ -278,6 +278,8 @@ std::string index_json() {
   link(w, "metrics", "/metrics", "GET");
   link(w, "health-check-config", "/config/health-check", "GET");
   link(w, "health-check-config-update", "/config/health-check", "PUT");
+  link(w, "cluster", "/cluster", "GET");
+  link(w, "cluster-resign", "/cluster/resign", "POST");
   w.EndArray();
   w.EndObject();
   return done(buffer);
@@ -443,6 +445,97 @@ std::string metrics_text(const Stats& stats, const std::vector<std::shared_ptr<B
     fmt::format_to(it, "weldr_backend_request_duration_seconds_count{{backend=\"{}\"}} {}\n", id, s.count);
   }
   return out;
+}
+
+namespace {
+
+void write_cluster(Writer& w, const ClusterStatus& status) {
+  w.StartObject();
+  key(w, "name");
+  string(w, status.name);
+  key(w, "node");
+  string(w, status.node);
+  key(w, "role");
+  string(w, to_string(status.role));
+  key(w, "leader");
+  if (status.leader) {
+    string(w, *status.leader);
+  } else {
+    w.Null();
+  }
+  key(w, "lease_ttl");
+  w.Int64(status.lease_ttl);
+  key(w, "role_changes");
+  w.Uint64(status.role_changes);
+  key(w, "store");
+  w.StartObject();
+  key(w, "endpoints");
+  w.StartArray();
+  for (const auto& e : status.endpoints)
+    string(w, e);
+  w.EndArray();
+  key(w, "connected");
+  w.Bool(status.connected);
+  key(w, "revision");
+  w.Int64(status.revision);
+  w.EndObject();
+  key(w, "nodes");
+  w.StartArray();
+  for (const auto& n : status.nodes) {
+    w.StartObject();
+    key(w, "name");
+    string(w, n.name);
+    key(w, "role");
+    string(w, n.role);
+    key(w, "proxy");
+    string(w, n.proxy);
+    key(w, "admin");
+    string(w, n.admin);
+    w.EndObject();
+  }
+  w.EndArray();
+  w.EndObject();
+}
+
+}  // namespace
+
+std::string cluster_json(const ClusterStatus& status) {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  write_cluster(w, status);
+  return done(buffer);
+}
+
+std::string standalone_cluster_json() {
+  rapidjson::StringBuffer buffer;
+  Writer w(buffer);
+  w.StartObject();
+  key(w, "role");
+  string(w, "standalone");
+  key(w, "leader");
+  w.Null();
+  key(w, "nodes");
+  w.StartArray();
+  w.EndArray();
+  w.EndObject();
+  return done(buffer);
+}
+
+std::string cluster_metrics(const ClusterStatus& status) {
+  return fmt::format(
+      "# HELP weldr_cluster_active Whether this node is the cluster's active node (1) or not (0).\n"
+      "# TYPE weldr_cluster_active gauge\n"
+      "weldr_cluster_active {}\n"
+      "# HELP weldr_cluster_store_connected Whether this node follows etcd now (1) or serves its last known pool (0).\n"
+      "# TYPE weldr_cluster_store_connected gauge\n"
+      "weldr_cluster_store_connected {}\n"
+      "# HELP weldr_cluster_role_changes_total Role changes of this node (passive to active and back).\n"
+      "# TYPE weldr_cluster_role_changes_total counter\n"
+      "weldr_cluster_role_changes_total {}\n"
+      "# HELP weldr_cluster_revision The etcd revision this node's pool reflects.\n"
+      "# TYPE weldr_cluster_revision gauge\n"
+      "weldr_cluster_revision {}\n",
+      status.role == ClusterRole::active ? 1 : 0, status.connected ? 1 : 0, status.role_changes, status.revision);
 }
 
 }  // namespace weldr::api

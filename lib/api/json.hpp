@@ -1,6 +1,7 @@
 #pragma once
 // JSON in and out of the management API: pure functions, no sockets, unit-tested on their own.
 
+#include <weldr/cluster.hpp>
 #include <weldr/health_checker.hpp>
 #include <weldr/pool.hpp>
 #include <weldr/stats.hpp>
@@ -45,5 +46,12 @@ std::string metrics_text(const Stats& stats, const std::vector<std::shared_ptr<B
 
 /// The path of a server's own resource: /servers/IP/PORT.
 std::string server_path(const Backend& backend);
+
+/// GET /cluster in cluster mode.
+std::string cluster_json(const ClusterStatus& status);
+/// GET /cluster on a node that is not in a cluster.
+std::string standalone_cluster_json();
+/// The cluster's lines of /metrics.
+std::string cluster_metrics(const ClusterStatus& status);
 
 }  // namespace weldr::api
