@@ -193,9 +193,8 @@ struct detail::ClusterImpl : std::enable_shared_from_this<detail::ClusterImpl> {
 
   // ---- store --------------------------------------------------------------------------------
   asio::awaitable<void> wait_applied(std::int64_t revision);
-  asio::awaitable<c::CallResult> txn(const std::string& body) {
-    return client.call("/v3/kv/txn", body, false, options.request_timeout);
-  }
+  asio::awaitable<c::CallResult> txn(const std::string& body) { return commit("/v3/kv/txn", body); }
+  asio::awaitable<c::CallResult> commit(std::string_view path, const std::string& body);
 
   template <typename F>
   void spawn(F&& f, const char* what) {
@@ -725,6 +724,23 @@ asio::awaitable<std::string> detail::ClusterImpl::resign() {
   co_return taken ? std::string() : std::string("no other node took over in time");
 }
 
+asio::awaitable<c::CallResult> detail::ClusterImpl::commit(std::string_view path, const std::string& body) {
+  auto self = shared_from_this();
+  // Every write weldr makes is safe to send twice (a transaction guarded by a compare, a put
+  // of the same value, a delete), so a member that has no leader for a moment (an election
+  // after another member failed) is waited out, within the one request timeout.
+  const auto deadline = Clock::now() + options.request_timeout;
+  for (;;) {
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    c::CallResult r = co_await client.call(path, body, true, std::max(left, milliseconds(1)));
+    if (r.ok() || stopped || Clock::now() + milliseconds(100) >= deadline) co_return r;
+    const auto e = c::parse_error(r.body);
+    const bool retry = r.ec || r.status >= 500 || (e && (e->code == 14 || e->code == 4));
+    if (!retry) co_return r;
+    co_await sleep(milliseconds(50));
+  }
+}
+
 asio::awaitable<void> detail::ClusterImpl::wait_applied(std::int64_t revision) {
   auto self = shared_from_this();
   // The watch normally delivers our own change within milliseconds; the API answers from the
@@ -893,8 +909,7 @@ asio::awaitable<StoreResult> Cluster::add(BackendAddress address, std::string ch
 
 asio::awaitable<StoreResult> Cluster::remove(std::string id) {
   auto impl = impl_;
-  auto r = co_await impl->client.call("/v3/kv/deleterange", c::delete_request(impl->keys.server(id)), false,
-                                      impl->options.request_timeout);
+  auto r = co_await impl->commit("/v3/kv/deleterange", c::delete_request(impl->keys.server(id)));
   if (!r.ok()) co_return unavailable(r.error);
   std::string error;
   auto result = c::parse_delete(r.body, error);
@@ -907,8 +922,7 @@ asio::awaitable<StoreResult> Cluster::remove(std::string id) {
 asio::awaitable<StoreResult> Cluster::set_health_check(HealthCheckOptions options) {
   auto impl = impl_;
   if (impl->checker == nullptr) co_return StoreResult{StoreResult::Status::not_found, "health checks are not enabled"};
-  auto r = co_await impl->client.call("/v3/kv/put", c::put_request(impl->keys.config(kHealthCheck), to_json(options)),
-                                      false, impl->options.request_timeout);
+  auto r = co_await impl->commit("/v3/kv/put", c::put_request(impl->keys.config(kHealthCheck), to_json(options)));
   if (!r.ok()) co_return unavailable(r.error);
   std::string error;
   const auto revision = c::parse_revision(r.body, error);

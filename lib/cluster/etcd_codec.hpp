@@ -49,7 +49,7 @@ std::string delete_request(std::string_view key, std::string_view range_end = {}
 std::string grant_request(std::int64_t ttl_seconds);
 /// POST /v3/lease/keepalive and /v3/lease/revoke: {"ID": id}.
 std::string lease_request(std::int64_t id);
-/// POST /v3/watch: a create request from `start_revision` on, with previous values of deletes.
+/// POST /v3/watch: a create request from `start_revision` on (0: from now).
 std::string watch_request(std::string_view key, std::string_view range_end, std::int64_t start_revision);
 /// POST /v3/auth/authenticate.
 std::string authenticate_request(std::string_view user, std::string_view password);
@@ -141,8 +141,9 @@ std::optional<WatchMessage> parse_watch_message(std::string_view line, std::stri
 /// Where a watch stands: the revision applied last, and what a message asks for. A watch starts
 /// after a full read (resync) at revision R, from R + 1; events at or below the applied
 /// revision (a reconnected watch may repeat some) are dropped; a canceled watch, a compacted
-/// revision or a gap means the local view can no longer follow by events, so read everything
-/// again.
+/// revision or events out of order mean the local view can no longer follow by events, so read
+/// everything again. (A watch on a prefix skips the revisions of other keys, so a gap in
+/// revisions is normal and tells nothing.)
 class WatchCursor {
  public:
   /// What to do with a message.

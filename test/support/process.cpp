@@ -72,6 +72,17 @@ bool Process::read_more(std::chrono::steady_clock::time_point deadline) {
   return true;
 }
 
+void Process::drain() {
+  for (;;) {
+    pollfd p{out_fd_, POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0) return;
+    char buf[4096];
+    const ssize_t n = ::read(out_fd_, buf, sizeof buf);
+    if (n <= 0) return;
+    output_.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
 std::optional<std::string> Process::wait_for_line(std::string_view needle, std::chrono::milliseconds timeout) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {

@@ -25,6 +25,9 @@ class Process {
   /// Waits until a line of output contains `needle` and returns that line; nothing on timeout or exit.
   std::optional<std::string> wait_for_line(std::string_view needle,
                                            std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  /// Reads whatever the process has printed by now, without waiting (so that a chatty process
+  /// never blocks on a full pipe while the test does something else).
+  void drain();
   /// Everything the process printed so far.
   [[nodiscard]] const std::string& output() const noexcept { return output_; }
   /// Sends a signal.
