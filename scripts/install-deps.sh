@@ -8,6 +8,8 @@ packages=(
   libasio-dev node-llhttp rapidjson-dev libfmt-dev libcli11-dev  # libraries
   catch2                                          # tests
   curl                                            # the demo's and the tests' client
+  etcd-server etcd-client                         # cluster mode: the tests start real etcd members
+  iproute2                                        # cluster tests: network namespaces for the virtual IP
 )
 
 missing=()
@@ -29,3 +31,9 @@ echo "install-deps: installing ${missing[*]}" >&2
 export DEBIAN_FRONTEND=noninteractive
 "${sudo[@]}" apt-get update -q
 "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+# Debian's etcd-server enables and starts a system-wide etcd on ports 2379/2380. weldr's tests
+# start their own members on free ports and need only the binary: when this script installed
+# it, it does not leave a service running that nobody asked for.
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  "${sudo[@]}" systemctl disable --now etcd >/dev/null 2>&1 || true
+fi
