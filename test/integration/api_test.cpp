@@ -864,3 +864,22 @@ TEST_CASE("registrations through the API are kept in the state file", "[integrat
     CHECK(routed.status == 200);
   }
 }
+
+TEST_CASE("GET /cluster without a cluster says standalone; POST /cluster/resign is refused", "[integration][api]") {
+  Harness h;
+  const Response r = h.get("/cluster");
+  INFO(r.describe() << " body: " << r.body);
+  REQUIRE(r.status == 200);
+  const auto doc = json_of(r);
+  REQUIRE(doc.IsObject());
+  CHECK(text(doc, "role") == "standalone");
+  CHECK(member(doc, "leader").IsNull());
+  CHECK(member(doc, "nodes").IsArray());
+  const Response resign = h.api("POST", "/cluster/resign");
+  CHECK(resign.status == 409);
+  CHECK(resign.body.find("not in a cluster") != std::string::npos);
+  const Response wrong = h.api("DELETE", "/cluster");
+  CHECK(wrong.status == 405);
+  CHECK(wrong.header("Allow") == "GET, HEAD");
+  CHECK(h.get("/metrics").body.find("weldr_cluster_") == std::string::npos);
+}

@@ -224,3 +224,46 @@ TEST_CASE("bad input is one line and exit code 2", "[cli]") {
   CHECK(help.exit_code == 0);
   CHECK(help.message.find("--server") != std::string::npos);
 }
+
+TEST_CASE("cluster flags", "[cli]") {
+  const auto standalone = parse({});
+  REQUIRE(standalone.options);
+  CHECK(standalone.options->cluster.etcd.empty());
+
+  const auto r = parse({"--etcd", "http://10.0.0.5:2379,http://10.0.0.6:2379", "--cluster-name", "shop", "--node-name",
+                        "lb-a", "--lease-ttl", "5s", "--etcd-timeout", "750ms", "--vip", "192.0.2.10/24",
+                        "--vip-interface", "eth0", "--on-role-change", "/bin/true", "--role-change-timeout", "3s"});
+  INFO(r.message);
+  REQUIRE(r.options);
+  const auto& c = r.options->cluster;
+  CHECK(c.etcd == "http://10.0.0.5:2379,http://10.0.0.6:2379");
+  CHECK(c.name == "shop");
+  CHECK(c.node == "lb-a");
+  CHECK(c.lease_ttl == std::chrono::seconds(5));
+  CHECK(c.request_timeout == 750ms);
+  CHECK(c.vip == "192.0.2.10/24");
+  CHECK(c.vip_interface == "eth0");
+  CHECK(r.options->on_role_change == "/bin/true");
+  CHECK(r.options->role_change_timeout == 3000ms);
+
+  const auto defaults = parse({"--etcd", "127.0.0.1:2379"});
+  REQUIRE(defaults.options);
+  CHECK(defaults.options->cluster.name == "default");
+  CHECK(defaults.options->cluster.node.empty());  // main() uses host name:port
+  CHECK(defaults.options->cluster.lease_ttl == std::chrono::seconds(2));
+  CHECK(defaults.options->cluster.request_timeout == 2000ms);
+
+  for (const auto& bad : std::vector<std::vector<const char*>>{
+           {"--etcd", "ftp://x:1"},
+           {"--etcd", "http://127.0.0.1:2379", "--lease-ttl", "2500ms"},
+           {"--etcd", "http://127.0.0.1:2379", "--vip-interface", "eth0"},
+           {"--etcd", "http://127.0.0.1:2379", "--vip", "fd00::1", "--vip-interface", "eth0"},
+           {"--on-role-change", "/bin/true"},
+       }) {
+    const auto failed = parse(bad);
+    INFO(failed.message);
+    CHECK_FALSE(failed.options);
+    CHECK(failed.exit_code == 2);
+    CHECK(failed.message.find('\n') == std::string::npos);
+  }
+}
