@@ -240,6 +240,7 @@ struct detail::ClusterImpl : std::enable_shared_from_this<detail::ClusterImpl> {
   std::uint64_t term{0};  // counts activations, so an old announce loop stops
   bool campaigning{false};
   bool resigning{false};
+  Clock::time_point last_resync{};
   Clock::time_point hold_off_until{};
   std::uint64_t pool_subscription{0};
   std::vector<std::string> logged_bad;  // registrations already reported as unreadable
@@ -254,8 +255,13 @@ asio::awaitable<void> detail::ClusterImpl::run() {
     const auto began = Clock::now();
     const std::string why = co_await session();
     if (stopped) break;
-    if (why == "resync") continue;  // the local view must be read again: at once
-    set_connected(false, why);
+    // The local view must be read again: at once, unless the last resync was just now (a watch
+    // that etcd cancels at once, e.g. for lack of permission, must not turn into a busy loop).
+    if (why == "resync" && Clock::now() - last_resync > milliseconds(1000)) {
+      last_resync = Clock::now();
+      continue;
+    }
+    set_connected(false, why == "resync" ? std::string("etcd cancels the watch again at once") : why);
     if (Clock::now() - began > std::chrono::seconds(5)) backoff = milliseconds(100);
     // Full jitter around the backoff, so that nodes that lost etcd together do not come back
     // in step.

@@ -442,6 +442,8 @@ struct LoopResult {
   std::size_t bursts{0};         // runs of failures
   long gap_ms{0};                // first failure to the first success after the last one
   bool recovered{true};          // a success came after the last failure
+  long median_us{0};             // how long a successful request took: the median...
+  long max_us{0};                // ...and the longest
   std::vector<std::string> why;  // the distinct errors, with their counts
 };
 
@@ -471,8 +473,10 @@ class ClientLoop {
     std::optional<Clock::time_point> last_failure;
     bool in_burst = false;
     std::vector<std::pair<std::string, std::size_t>> why;
-    for (const auto& [at, error] : attempts_) {
+    std::vector<long> took;
+    for (const auto& [at, duration, error] : attempts_) {
       if (error.empty()) {
+        took.push_back(static_cast<long>(std::chrono::duration_cast<std::chrono::microseconds>(duration).count()));
         in_burst = false;
         continue;
       }
@@ -490,11 +494,16 @@ class ClientLoop {
     }
     for (const auto& [error, count] : why)
       r.why.push_back(fmt::format("{} x {}", count, error));
+    if (!took.empty()) {
+      std::sort(took.begin(), took.end());
+      r.median_us = took[took.size() / 2];
+      r.max_us = took.back();
+    }
     if (first_failure) {
       const auto after = std::find_if(attempts_.begin(), attempts_.end(),
-                                      [&](const auto& a) { return a.second.empty() && a.first > *last_failure; });
+                                      [&](const auto& a) { return a.error.empty() && a.at > *last_failure; });
       r.recovered = after != attempts_.end();
-      r.gap_ms = r.recovered ? millis(after->first - *first_failure) : -1;
+      r.gap_ms = r.recovered ? millis(after->at - *first_failure) : -1;
     }
     return r;
   }
@@ -504,7 +513,7 @@ class ClientLoop {
     try {
       enter_netns(ns_);
     } catch (const std::exception& e) {
-      attempts_.emplace_back(Clock::now(), e.what());
+      attempts_.push_back({Clock::now(), {}, e.what()});
       return;
     }
     const auto end = Clock::now() + kLoopLimit;
@@ -515,7 +524,7 @@ class ClientLoop {
       if (!http_get(kVip, kProxyPort, "/", kRequestTimeout, error)) {
         if (error.empty()) error = "?";
       }
-      attempts_.emplace_back(at, error);
+      attempts_.push_back({at, Clock::now() - at, error});
       if (error.empty()) {
         ++successes_;
         ++streak_;
@@ -532,7 +541,12 @@ class ClientLoop {
   std::atomic<bool> stop_{false};
   std::atomic<std::size_t> successes_{0};
   std::atomic<std::size_t> streak_{0};
-  std::vector<std::pair<Clock::time_point, std::string>> attempts_;  // only the loop's thread writes
+  struct Attempt {
+    Clock::time_point at;
+    Clock::duration took;
+    std::string error;  // empty for a success
+  };
+  std::vector<Attempt> attempts_;  // only the loop's thread writes it, stop() reads it after the join
   std::thread thread_;
 };
 
@@ -540,8 +554,10 @@ std::string describe(const LoopResult& r) {
   std::string why;
   for (const auto& w : r.why)
     why += (why.empty() ? "" : "; ") + w;
-  return fmt::format("{} failed of {} requests in {} burst(s), gap {} ms{}{}", r.failed, r.requests, r.bursts,
-                     r.gap_ms, r.recovered ? "" : " (not recovered)", why.empty() ? "" : " [" + why + "]");
+  return fmt::format("{} failed of {} requests in {} burst(s), gap {} ms{}{}; a request took {} us (median), {} us "
+                     "at most",
+                     r.failed, r.requests, r.bursts, r.gap_ms, r.recovered ? "" : " (not recovered)",
+                     why.empty() ? "" : " [" + why + "]", r.median_us, r.max_us);
 }
 
 // ---- the cluster ---------------------------------------------------------------------------------
@@ -592,7 +608,7 @@ bool can_run() {
 
 }  // namespace
 
-TEST_CASE("cluster vip: one node holds the virtual IP; kill -9 of it moves the address within 3 s") {
+TEST_CASE("cluster vip: only the active node holds the address and kill -9 of it moves the address within 3 s") {
   if (!can_run()) return;
   VipCluster cluster;
   Node* active = cluster.wait_active();
