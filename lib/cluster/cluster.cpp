@@ -194,7 +194,8 @@ struct detail::ClusterImpl : std::enable_shared_from_this<detail::ClusterImpl> {
   // ---- store --------------------------------------------------------------------------------
   asio::awaitable<void> wait_applied(std::int64_t revision);
   asio::awaitable<c::CallResult> txn(const std::string& body) { return commit("/v3/kv/txn", body); }
-  asio::awaitable<c::CallResult> commit(std::string_view path, const std::string& body);
+  // `maybe_twice` is set when an attempt that may have been applied was sent again.
+  asio::awaitable<c::CallResult> commit(std::string_view path, const std::string& body, bool* maybe_twice = nullptr);
 
   template <typename F>
   void spawn(F&& f, const char* what) {
@@ -202,9 +203,19 @@ struct detail::ClusterImpl : std::enable_shared_from_this<detail::ClusterImpl> {
   }
   asio::awaitable<void> sleep(milliseconds d) {
     asio::steady_timer t(io, d);
+    // Erased also when the frame is destroyed without resuming (its io_context went first).
+    struct Registered {
+      std::set<asio::steady_timer*>& set;
+      asio::steady_timer* timer;
+      ~Registered() { set.erase(timer); }
+    } registered{timers, &t};
     timers.insert(&t);
     co_await t.async_wait(use_nothrow);
-    timers.erase(&t);
+  }
+  // Ends the running watch on purpose (not an etcd failure): the session starts over at once.
+  void restart_watch() {
+    restart_requested = true;
+    client.cancel_watch();
   }
 
   asio::io_context& io;
@@ -240,7 +251,9 @@ struct detail::ClusterImpl : std::enable_shared_from_this<detail::ClusterImpl> {
   std::uint64_t term{0};  // counts activations, so an old announce loop stops
   bool campaigning{false};
   bool resigning{false};
-  Clock::time_point last_resync{};
+  Clock::time_point last_quick_retry{};
+  bool restart_requested{false};  // the watch was ended by this node, not by etcd
+  bool watching{false};           // this session got as far as its watch
   Clock::time_point hold_off_until{};
   std::uint64_t pool_subscription{0};
   std::vector<std::string> logged_bad;  // registrations already reported as unreadable
@@ -252,13 +265,16 @@ asio::awaitable<void> detail::ClusterImpl::run() {
   auto self = shared_from_this();
   milliseconds backoff{100};
   while (!stopped) {
+    restart_requested = false;
+    watching = false;
     const auto began = Clock::now();
     const std::string why = co_await session();
     if (stopped) break;
-    // The local view must be read again: at once, unless the last resync was just now (a watch
-    // that etcd cancels at once, e.g. for lack of permission, must not turn into a busy loop).
-    if (why == "resync" && Clock::now() - last_resync > milliseconds(1000)) {
-      last_resync = Clock::now();
+    // A watch that ran and ended (a member went away, the lease was replaced, the view must be
+    // read again) is reopened at once, and the node counts as connected until that fails too;
+    // but not twice within a second, so that a watch etcd cancels at once cannot busy-loop.
+    if ((watching || restart_requested || why == "resync") && Clock::now() - last_quick_retry > milliseconds(1000)) {
+      last_quick_retry = Clock::now();
       continue;
     }
     set_connected(false, why == "resync" ? std::string("etcd cancels the watch again at once") : why);
@@ -276,12 +292,28 @@ asio::awaitable<std::string> detail::ClusterImpl::session() {
   std::string error;
   if (!seeded && !co_await seed(error)) co_return error;
   if (lease_id == 0 && !co_await grant(error)) co_return error;
+  const std::int64_t lease = lease_id;
   {
-    // Membership, on the lease: it disappears with the node.
-    auto r = co_await client.call("/v3/kv/put", c::put_request(keys.node(options.node), node_json(options), lease_id),
-                                  true, options.request_timeout);
+    // Membership, on the lease: it disappears with the node. Node names must be unique: a key
+    // held on another lease is another live node of the same name, or this node's previous
+    // run that has not expired yet; either way this node waits until the key is gone.
+    const std::string key = keys.node(options.node);
+    const std::vector<c::Compare> free{{key, c::Compare::Target::create_revision, 0, {}}};
+    const std::vector<c::Operation> put{{c::Operation::Kind::put, key, node_json(options), lease, {}}};
+    const std::vector<c::Operation> read{{c::Operation::Kind::range, key, {}, 0, {}}};
+    auto r = co_await txn(c::txn_request(free, put, read));
     if (!r.ok()) co_return r.error;
+    auto result = c::parse_txn(r.body, error);
+    if (!result) co_return error;
+    if (!result->succeeded && !result->ranges.empty() && !result->ranges[0].empty() &&
+        result->ranges[0][0].lease != lease) {
+      co_return fmt::format(
+          "the node name {} is held by another live node (or by this node's previous run, until "
+          "its lease of {} s expires)",
+          options.node, granted_ttl);
+    }
   }
+  if (lease != lease_id) co_return "the lease changed";
   {
     auto r = co_await client.call("/v3/kv/range", c::range_request(keys.prefix(), c::prefix_end(keys.prefix())), true,
                                   options.request_timeout);
@@ -291,8 +323,10 @@ asio::awaitable<std::string> detail::ClusterImpl::session() {
     apply_snapshot(range->kvs);
     cursor.resynced(range->revision);
   }
+  if (lease != lease_id) co_return "the lease changed";
   set_connected(true, {});
   spawn_campaign();
+  watching = true;
   std::string resync;
   const std::string why = co_await client.watch(
       c::watch_request(keys.prefix(), c::prefix_end(keys.prefix()), cursor.start_revision()),
@@ -333,9 +367,19 @@ asio::awaitable<bool> detail::ClusterImpl::seed(std::string& error) {
   auto self = shared_from_this();
   // The first node of a new cluster brings what it knows (--server, its state file); the
   // "initialized" key makes this happen once in the cluster's life, so a server deleted later
-  // is never brought back by a restart.
+  // is never brought back by a restart. Looked up first: later starts send nothing more.
+  auto look = co_await client.call("/v3/kv/range", c::range_request(keys.initialized()), true, options.request_timeout);
+  if (!look.ok()) {
+    error = look.error;
+    co_return false;
+  }
+  auto existing = c::parse_range(look.body, error);
+  if (!existing) co_return false;
+  if (!existing->kvs.empty()) {
+    seeded = true;
+    co_return true;
+  }
   std::vector<c::Operation> puts;
-  puts.push_back({c::Operation::Kind::put, keys.initialized(), options.node, 0, {}});
   for (const auto& b : pool.list()) {
     if (b->state() == BackendState::draining) continue;
     puts.push_back({c::Operation::Kind::put,
@@ -344,19 +388,36 @@ asio::awaitable<bool> detail::ClusterImpl::seed(std::string& error) {
                     0,
                     {}});
   }
+  // etcd refuses a transaction of more than --max-txn-ops (128 by default) operations: the
+  // first one marks the cluster and carries what fits; the rest follow one by one, each only
+  // if the server is not registered yet (the API may be in use by then).
+  constexpr std::size_t kFirst = 100;
+  std::vector<c::Operation> first;
+  first.push_back({c::Operation::Kind::put, keys.initialized(), options.node, 0, {}});
+  first.insert(first.end(), puts.begin(), puts.begin() + static_cast<std::ptrdiff_t>(std::min(kFirst, puts.size())));
   const std::vector<c::Compare> empty{{keys.initialized(), c::Compare::Target::create_revision, 0, {}}};
-  auto r = co_await txn(c::txn_request(empty, puts));
+  auto r = co_await txn(c::txn_request(empty, first));
   if (!r.ok()) {
     error = r.error;
     co_return false;
   }
   auto result = c::parse_txn(r.body, error);
   if (!result) co_return false;
-  seeded = true;
   if (result->succeeded) {
+    for (std::size_t i = kFirst; i < puts.size(); ++i) {
+      const std::vector<c::Compare> absent{{puts[i].key, c::Compare::Target::create_revision, 0, {}}};
+      const std::vector<c::Operation> one(1, puts[i]);
+      r = co_await txn(c::txn_request(absent, one));
+      if (!r.ok()) {
+        detail::log(LogLevel::error, "cluster {}: seeding stopped after {} of {} server(s): {}", options.name, i,
+                    puts.size(), r.error);
+        break;
+      }
+    }
     detail::log(LogLevel::info, "cluster {}: new cluster, seeded with {} server(s) from this node", options.name,
-                puts.size() - 1);
+                puts.size());
   }
+  seeded = true;
   co_return true;
 }
 
@@ -639,7 +700,7 @@ void detail::ClusterImpl::abandon_lease(const std::string& why) {
   step_down(why);
   const std::int64_t old = lease_id;
   lease_id = 0;
-  client.cancel_watch();  // the session grants a new lease and registers again
+  restart_watch();  // the session grants a new lease and registers again
   if (old == 0) return;
   // Revoking deletes the leader key at once, so another node need not wait for the TTL.
   spawn(
@@ -651,31 +712,37 @@ void detail::ClusterImpl::abandon_lease(const std::string& why) {
 
 asio::awaitable<void> detail::ClusterImpl::keepalive_loop() {
   auto self = shared_from_this();
-  bool failed = false;
+  Clock::time_point next = Clock::now();
   while (!stopped) {
-    co_await sleep(failed ? std::min(ttl() / 6, milliseconds(200)) : ttl() / 3);
+    // Paced from the send times, not the answers: a slow answer must not delay the next try,
+    // or a steady latency of a third of the TTL would let the lease go stale.
+    const auto wait = std::chrono::duration_cast<milliseconds>(next - Clock::now());
+    if (wait > milliseconds(0)) co_await sleep(wait);
     if (stopped) break;
     const std::int64_t id = lease_id;
-    if (id == 0) continue;
     const auto sent = Clock::now();
+    next = sent + ttl() / 3;
+    if (id == 0) {
+      next = sent + std::min(ttl() / 10, milliseconds(100));
+      continue;
+    }
+    // To the member the watch is on, first: a member that has gone silent is found here, and
+    // the watch moves (EtcdClient closes it when a call to its member fails).
     auto r = co_await client.call("/v3/lease/keepalive", c::lease_request(id), true,
-                                  std::min(options.request_timeout, ttl() / 3));
+                                  std::min(options.request_timeout, ttl() / 4), client.watch_endpoint());
     if (stopped || id != lease_id) continue;
     std::string error;
     auto lease = r.ok() ? c::parse_lease(r.body, error) : std::nullopt;
     if (!lease) {
-      failed = true;
-      // The watch may hang on the same member without noticing; move it too.
-      if (!r.endpoint.empty() && r.endpoint == client.watch_endpoint()) client.cancel_watch();
+      next = std::min(next, Clock::now() + std::min(ttl() / 10, milliseconds(100)));
       continue;
     }
-    failed = false;
     if (lease->ttl <= 0) {
       detail::log(LogLevel::warn, "cluster {}: etcd says this node's lease expired", options.name);
       abandon_lease("the lease expired");
       continue;
     }
-    renewed_at = sent;
+    renewed_at = std::max(renewed_at, sent);
   }
 }
 
@@ -693,6 +760,14 @@ asio::awaitable<void> detail::ClusterImpl::tick_loop() {
                   options.name, std::chrono::duration_cast<milliseconds>(Clock::now() - renewed_at).count());
       abandon_lease("lease not renewed in time");
     }
+    // The leader key names this node on its live lease, but it is passive: a campaign won
+    // while the lease looked stale for a moment. Nobody else can take the key, so take the role.
+    if (role_now == ClusterRole::passive && !resigning && leader && *leader == options.node && lease_id != 0 &&
+        leader_lease == lease_id && lease_fresh()) {
+      become_active();
+    }
+    // A lease given up while the session was between calls: start over with a new one.
+    if (lease_id == 0 && watching && !restart_requested) restart_watch();
     if (connected) spawn_campaign();
   }
 }
@@ -711,26 +786,37 @@ asio::awaitable<std::string> detail::ClusterImpl::resign() {
   const std::vector<c::Operation> drop{{c::Operation::Kind::remove, keys.leader(), {}, 0, {}}};
   auto r = co_await txn(c::txn_request(ours, drop));
   std::string error;
-  auto result = r.ok() ? c::parse_txn(r.body, error) : std::nullopt;
-  if (!result || !result->succeeded) {
-    resigning = false;
-    hold_off_until = {};
-    co_return !r.ok() ? fmt::format("cluster store unavailable: {}", r.error)
-                      : (result ? std::string("this node no longer holds the leader key") : error);
+  if (!r.ok()) {
+    error = fmt::format("cluster store unavailable: {}", r.error);
+  } else if (!c::parse_txn(r.body, error)) {
+    error = fmt::format("cluster store unavailable: {}", error);
   }
-  // Keep the address until the next node is active, then a moment more for its announcement
-  // to reach the clients, so that the handover loses no connection attempt.
+  // Whatever the answer said (a lost answer may hide a delete that was done, a failed compare
+  // means the key is no longer this node's), the watch tells who holds the key now. Keep the
+  // address until the next node is active, then a moment more for its announcement to reach
+  // the clients, so that the handover loses no connection attempt.
   const auto deadline = Clock::now() + ttl() + milliseconds(1000);
-  while (!stopped && Clock::now() < deadline && !(leader && *leader != options.node))
+  auto ours_still = [&] { return leader && *leader == options.node && leader_lease == lease_id && lease_id != 0; };
+  while (!stopped && Clock::now() < deadline && !(leader && *leader != options.node)) {
+    if (!error.empty() && ours_still()) break;  // the delete did not happen: stay active
     co_await sleep(milliseconds(10));
+  }
   const bool taken = leader && *leader != options.node;
   if (taken) co_await sleep(milliseconds(150));
   resigning = false;
+  if (ours_still()) {
+    // The key is still this node's: it stays active (stepping down would leave the cluster
+    // with a leader key that nobody serves).
+    hold_off_until = {};
+    co_return error.empty() ? std::string("no other node took over in time") : error;
+  }
   step_down(taken ? fmt::format("resigned; {} took over", *leader) : std::string("resigned"));
-  co_return taken ? std::string() : std::string("no other node took over in time");
+  if (taken) co_return std::string();
+  co_return error.empty() ? std::string("no other node took over in time") : error;
 }
 
-asio::awaitable<c::CallResult> detail::ClusterImpl::commit(std::string_view path, const std::string& body) {
+asio::awaitable<c::CallResult> detail::ClusterImpl::commit(std::string_view path, const std::string& body,
+                                                           bool* maybe_twice) {
   auto self = shared_from_this();
   // Every write weldr makes is safe to send twice (a transaction guarded by a compare, a put
   // of the same value, a delete), so a member that has no leader for a moment (an election
@@ -743,6 +829,7 @@ asio::awaitable<c::CallResult> detail::ClusterImpl::commit(std::string_view path
     const auto e = c::parse_error(r.body);
     const bool retry = r.ec || r.status >= 500 || (e && (e->code == 14 || e->code == 4));
     if (!retry) co_return r;
+    if (maybe_twice != nullptr && r.maybe_applied) *maybe_twice = true;
     co_await sleep(milliseconds(50));
   }
 }
@@ -894,7 +981,7 @@ asio::awaitable<StoreResult> Cluster::add(BackendAddress address, std::string ch
     const c::KeyValue& kv = result->ranges[0][0];
     const auto existing = api::parse_registration(kv.value, error);
     if (weight == 0 || (existing && existing->weight == weight)) {
-      co_await impl->wait_applied(result->revision);
+      co_await impl->wait_applied(kv.mod_revision);
       co_return StoreResult{StoreResult::Status::unchanged, {}};
     }
     const std::string kept_check = existing ? existing->check : check;
@@ -915,12 +1002,16 @@ asio::awaitable<StoreResult> Cluster::add(BackendAddress address, std::string ch
 
 asio::awaitable<StoreResult> Cluster::remove(std::string id) {
   auto impl = impl_;
-  auto r = co_await impl->commit("/v3/kv/deleterange", c::delete_request(impl->keys.server(id)));
+  bool maybe_twice = false;
+  auto r = co_await impl->commit("/v3/kv/deleterange", c::delete_request(impl->keys.server(id)), &maybe_twice);
   if (!r.ok()) co_return unavailable(r.error);
   std::string error;
   auto result = c::parse_delete(r.body, error);
   if (!result) co_return unavailable(error);
-  if (result->deleted == 0) co_return StoreResult{StoreResult::Status::not_found, fmt::format("no server {}", id)};
+  // Nothing deleted after a first attempt that may have deleted it: it is gone, as asked.
+  if (result->deleted == 0 && !maybe_twice) {
+    co_return StoreResult{StoreResult::Status::not_found, fmt::format("no server {}", id)};
+  }
   co_await impl->wait_applied(result->revision);
   co_return StoreResult{StoreResult::Status::removed, {}};
 }

@@ -135,39 +135,51 @@ asio::awaitable<CallResult> EtcdClient::Impl::exchange(const Endpoint& ep, std::
     std::shared_ptr<tcp::socket> socket;
     ~Forget() { impl.sockets.erase(socket); }
   } forget{*this, socket};
-  bool timed_out = false;
+  // The deadline's handler may already be queued when the operation completes; it then must
+  // neither touch this frame (gone by then) nor close a socket that is in use under a newer
+  // deadline: it checks a generation in state that it shares.
+  struct Deadline {
+    bool timed_out{false};
+    unsigned generation{0};
+  };
+  auto state = std::make_shared<Deadline>();
   asio::steady_timer timer(executor);
-  timer.expires_at(std::min(deadline, Clock::now() + options.connect_timeout));
-  auto arm = [&] {
-    timer.async_wait([socket, &timed_out](std::error_code ec) {
-      if (ec) return;
-      timed_out = true;
+  auto arm = [&](Clock::time_point at) {
+    const unsigned generation = ++state->generation;
+    timer.expires_at(at);
+    timer.async_wait([socket, state, generation](std::error_code ec) {
+      if (ec || state->generation != generation) return;
+      state->timed_out = true;
       std::error_code ignored;
       socket->close(ignored);
     });
   };
-  arm();
+  auto disarm = [&] {
+    ++state->generation;
+    timer.cancel();
+  };
+  arm(std::min(deadline, Clock::now() + options.connect_timeout));
   auto fail = [&](std::error_code ec, std::string_view what) {
-    result.ec = timed_out ? asio::error::timed_out : ec;
-    result.error = fmt::format("etcd at {}: {}: {}", ep.url, what, timed_out ? "timed out" : ec.message());
+    result.ec = state->timed_out ? asio::error::timed_out : ec;
+    result.error = fmt::format("etcd at {}: {}: {}", ep.url, what, state->timed_out ? "timed out" : ec.message());
     return result;
   };
 
   tcp::resolver resolver(executor);
   auto [rec, endpoints] = co_await resolver.async_resolve(ep.host, std::to_string(ep.port), use_nothrow);
   if (rec) co_return fail(rec, "resolve");
-  if (timed_out) co_return fail(asio::error::timed_out, "resolve");
+  if (state->timed_out) co_return fail(asio::error::timed_out, "resolve");
   auto [cec, connected] = co_await asio::async_connect(*socket, endpoints, use_nothrow);
   if (cec) co_return fail(cec, "connect");
   const std::string head =
       fmt::format("POST {} HTTP/1.1\r\nHost: {}:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}{}\r\n",
                   path, ep.host.find(':') != std::string::npos ? "[" + ep.host + "]" : ep.host, ep.port, body.size(),
                   token.empty() ? "" : fmt::format("Authorization: {}\r\n", token),
-                  on_line == nullptr ? "Connection: close\r\n" : "");
+                  // A watch on a member cut off from its cluster's leader would stay silent:
+                  // etcd cancels it instead when asked to require a leader (gRPC metadata).
+                  on_line == nullptr ? "Connection: close\r\n" : "Grpc-Metadata-Hasleader: true\r\n");
   // From here on the request may reach etcd.
-  timer.cancel();
-  timer.expires_at(deadline);
-  arm();
+  arm(deadline);
   result.maybe_applied = true;
   const std::array<asio::const_buffer, 2> request{asio::buffer(head), asio::buffer(body)};
   if (auto [wec, n] = co_await asio::async_write(*socket, request, use_nothrow); wec) co_return fail(wec, "send");
@@ -197,7 +209,7 @@ asio::awaitable<CallResult> EtcdClient::Impl::exchange(const Endpoint& ep, std::
       if (event == http::Parser::Event::head) {
         result.status = parser.head().status;
         if (on_line != nullptr && result.status == 200) {
-          timer.cancel();  // a watch may stay quiet for as long as nothing changes
+          disarm();  // a watch may stay quiet for as long as nothing changes
           watch_socket = socket;
           watch_url = ep.url;
         }
@@ -292,11 +304,14 @@ EtcdClient::~EtcdClient() {
 }
 
 asio::awaitable<CallResult> EtcdClient::call(std::string_view path, std::string body, bool idempotent,
-                                             std::chrono::milliseconds timeout) {
+                                             std::chrono::milliseconds timeout, std::string prefer) {
   auto impl = impl_;
   const auto deadline = Clock::now() + timeout;
   const std::size_t n = impl->options.endpoints.size();
-  const std::size_t start = impl->preferred;
+  std::size_t start = impl->preferred;
+  for (std::size_t i = 0; i < n && !prefer.empty(); ++i) {
+    if (impl->options.endpoints[i].url == prefer) start = i;
+  }
   CallResult last;
   last.error = "no etcd member was tried";
   last.ec = asio::error::not_connected;
@@ -321,6 +336,11 @@ asio::awaitable<CallResult> EtcdClient::call(std::string_view path, std::string 
       r.error = fmt::format("etcd at {}: {}", ep.url, e ? e->message : fmt::format("HTTP {}", r.status));
     }
     if (impl->preferred == i) impl->preferred = (i + 1) % n;
+    // A member that fails a call may be the one the watch hangs on, silently: move the watch.
+    if (impl->watch_url == ep.url && impl->watch_socket) {
+      std::error_code ignored;
+      impl->watch_socket->close(ignored);
+    }
     const bool maybe_applied = r.maybe_applied;
     last = std::move(r);
     if (maybe_applied && !idempotent) break;  // it may have been done: the caller decides

@@ -66,9 +66,11 @@ class EtcdClient {
 
   /// POSTs `body` to `path` (e.g. "/v3/kv/range"). Another member is tried when this one could
   /// not be reached, and, for `idempotent` calls, when it failed in any way (timeout, no
-  /// leader). The whole call takes at most `timeout`.
+  /// leader). The whole call takes at most `timeout`. `prefer` names the member to try first
+  /// (a URL of endpoints()); by default the one that last worked. A member that fails a call
+  /// while the watch is connected to it loses the watch too (it reconnects elsewhere).
   asio::awaitable<CallResult> call(std::string_view path, std::string body, bool idempotent,
-                                   std::chrono::milliseconds timeout);
+                                   std::chrono::milliseconds timeout, std::string prefer = {});
 
   /// Opens a watch (POST /v3/watch with `body`) and calls `on_line` for each message of the
   /// stream until the stream ends, `on_line` returns false, or cancel_watch() is called.

@@ -436,8 +436,17 @@ std::optional<WatchMessage> parse_watch_message(std::string_view line, std::stri
   }
   WatchMessage message;
   if (const auto e = doc.FindMember("error"); e != doc.MemberEnd()) {
+    // A stream's error is an object ({"error": {"grpc_code", "http_code", "message", ...}}),
+    // a unary answer's a string.
     message.canceled = true;
-    message.cancel_reason = e->value.IsString() ? e->value.GetString() : "error";
+    message.cancel_reason = "error";
+    if (e->value.IsString()) {
+      message.cancel_reason.assign(e->value.GetString(), e->value.GetStringLength());
+    } else if (e->value.IsObject()) {
+      if (const auto m = e->value.FindMember("message"); m != e->value.MemberEnd() && m->value.IsString()) {
+        message.cancel_reason.assign(m->value.GetString(), m->value.GetStringLength());
+      }
+    }
     return message;
   }
   const auto r = doc.FindMember("result");
