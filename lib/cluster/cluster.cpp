@@ -686,7 +686,9 @@ asio::awaitable<void> detail::ClusterImpl::announce_loop(std::uint64_t my_term) 
   for (const milliseconds when : kAnnouncements) {
     if (when > at) co_await sleep(when - at);
     at = when;
-    if (stopped || term != my_term || !vip) co_return;
+    // A resigning node keeps the address only until the next node has announced it: it must not
+    // announce it again meanwhile (clients would come back to a node about to leave).
+    if (stopped || term != my_term || !vip || resigning) co_return;
     std::error_code ec;
     vip->announce(ec);
     if (ec && when == milliseconds(0)) {
