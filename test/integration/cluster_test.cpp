@@ -14,7 +14,9 @@
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <set>
@@ -497,4 +499,38 @@ TEST_CASE("cluster: bad cluster flags stop weldr-cli with one line and exit 2", 
     const auto& out = cli.output();
     CHECK(std::count(out.begin(), out.end(), '\n') == 1);
   }
+}
+
+TEST_CASE("cluster: --on-role-change runs with passive at start, then active, then passive", "[cluster]") {
+  REQUIRE_ETCD();
+  EtcdCluster etcd;
+  const char* tmp = std::getenv("TMPDIR");
+  const std::filesystem::path dir =
+      std::filesystem::path(tmp != nullptr ? tmp : "/tmp") / ("weldr-cluster-role-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  struct Cleanup {
+    std::filesystem::path path;
+    ~Cleanup() { std::filesystem::remove_all(path); }
+  } cleanup{dir};
+  const std::string log = (dir / "roles").string();
+  // The command carries an argument of its own; the role comes last.
+  const std::string command = "printf '%s %s\\n' >>" + log;
+  auto roles = [&] {
+    std::ifstream in(log);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  Node a(etcd.endpoints(), "a", {"--on-role-change", command + " a"});
+  REQUIRE(eventually([&] { return a.role() == "active"; }, 5s));
+  CHECK(eventually([&] { return roles() == "a passive\na active\n"; }, 3s));
+  Node b(etcd.endpoints(), "b");
+  REQUIRE(eventually([&] { return b.connected(); }, 5s));
+  CHECK(request(a.api_port(), "POST", "/cluster/resign").status == 200);
+  CHECK(eventually([&] { return roles() == "a passive\na active\na passive\n"; }, 3s));
+  a.drain();
+  CHECK(eventually(
+      [&] {
+        a.drain();
+        return a.process().output().find("--on-role-change passive: exit status 0") != std::string::npos;
+      },
+      3s));
 }
