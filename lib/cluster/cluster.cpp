@@ -41,16 +41,6 @@ constexpr std::array<milliseconds, 5> kAnnouncements{milliseconds(0), millisecon
                                                      milliseconds(1000), milliseconds(2000)};
 constexpr milliseconds kTick{50};
 
-bool valid_node_name(std::string_view name) {
-  if (name.empty() || name.size() > 64) return false;
-  for (const char ch : name) {
-    const bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
-                    ch == '_' || ch == '-' || ch == ':';
-    if (!ok) return false;
-  }
-  return true;
-}
-
 std::string registration_json(const BackendAddress& address, unsigned weight, std::string_view check) {
   rapidjson::StringBuffer buffer;
   rapidjson::Writer<rapidjson::StringBuffer> w(buffer);
@@ -120,7 +110,7 @@ std::string validate(const ClusterOptions& options) {
   if (!c::valid_name(options.name)) {
     return fmt::format("invalid cluster name '{}' (1-64 of A-Z a-z 0-9 . _ -)", options.name);
   }
-  if (!valid_node_name(options.node)) {
+  if (!c::valid_name(options.node, true)) {
     return fmt::format("invalid node name '{}' (1-64 of A-Z a-z 0-9 . _ - :)", options.node);
   }
   if (options.lease_ttl < std::chrono::seconds(1) || options.lease_ttl > std::chrono::seconds(60)) {

@@ -525,11 +525,11 @@ Keys::Kind Keys::classify(std::string_view key_name, std::string& name) const {
   return Kind::other;
 }
 
-bool valid_name(std::string_view name) noexcept {
+bool valid_name(std::string_view name, bool colon) noexcept {
   if (name.empty() || name.size() > 64) return false;
   for (const char c : name) {
-    const bool ok =
-        (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                    c == '_' || c == '-' || (colon && c == ':');
     if (!ok) return false;
   }
   return true;

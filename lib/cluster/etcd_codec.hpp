@@ -193,7 +193,8 @@ class Keys {
   std::string prefix_;
 };
 
-/// True when `name` can be a cluster or node name: 1..64 of [A-Za-z0-9._-].
-bool valid_name(std::string_view name) noexcept;
+/// True when `name` can be a cluster name: 1..64 of [A-Za-z0-9._-]; with `colon`, ':' too (node
+/// names, whose default is "host:port").
+bool valid_name(std::string_view name, bool colon = false) noexcept;
 
 }  // namespace weldr::cluster

@@ -146,6 +146,20 @@ class Node {
   std::uint16_t api_port_{0};
 };
 
+// A directory of this test's own under $TMPDIR, removed with its files at the end.
+struct TempDir {
+  explicit TempDir(std::string_view what) {
+    const char* tmp = std::getenv("TMPDIR");
+    path = std::filesystem::path(tmp != nullptr ? tmp : "/tmp") /
+           ("weldr-cluster-" + std::string(what) + "-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(path);
+  }
+  ~TempDir() { std::filesystem::remove_all(path); }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::filesystem::path path;
+};
+
 bool hello(std::uint16_t proxy_port) {
   const auto r = request(proxy_port, "GET", "/");
   return r.status == 200 && r.body == "Hello World";
@@ -419,15 +433,8 @@ TEST_CASE("cluster: the first node seeds an empty cluster; a later start never b
   REQUIRE_ETCD();
   EtcdCluster etcd;
   Origin origin;
-  const char* tmp = std::getenv("TMPDIR");
-  const std::filesystem::path dir =
-      std::filesystem::path(tmp != nullptr ? tmp : "/tmp") / ("weldr-cluster-seed-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::filesystem::path path;
-    ~Cleanup() { std::filesystem::remove_all(path); }
-  } cleanup{dir};
-  const std::string state = (dir / "state.json").string();
+  TempDir dir("seed");
+  const std::string state = (dir.path / "state.json").string();
   {
     Node a(etcd.endpoints(), "a", {"--server", origin.url(), "--state-file", state});
     REQUIRE(eventually([&] { return a.connected(); }, 5s));
@@ -504,15 +511,8 @@ TEST_CASE("cluster: bad cluster flags stop weldr-cli with one line and exit 2", 
 TEST_CASE("cluster: --on-role-change runs with passive at start, then active, then passive", "[cluster]") {
   REQUIRE_ETCD();
   EtcdCluster etcd;
-  const char* tmp = std::getenv("TMPDIR");
-  const std::filesystem::path dir =
-      std::filesystem::path(tmp != nullptr ? tmp : "/tmp") / ("weldr-cluster-role-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  struct Cleanup {
-    std::filesystem::path path;
-    ~Cleanup() { std::filesystem::remove_all(path); }
-  } cleanup{dir};
-  const std::string log = (dir / "roles").string();
+  TempDir dir("role");
+  const std::string log = (dir.path / "roles").string();
   // The command carries an argument of its own; the role comes last.
   const std::string command = "printf '%s %s\\n' >>" + log;
   auto roles = [&] {
