@@ -534,3 +534,47 @@ TEST_CASE("cluster: --on-role-change runs with passive at start, then active, th
       },
       3s));
 }
+
+TEST_CASE("cluster: etcd with authentication: --etcd-user and WELDR_ETCD_PASSWORD", "[cluster]") {
+  REQUIRE_ETCD();
+  if (::access("/usr/bin/etcdctl", X_OK) != 0) {
+    WARN("skipped: etcdctl is not installed (apt-get install etcd-client)");
+    return;
+  }
+  EtcdCluster etcd;
+  auto etcdctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv{"/usr/bin/etcdctl", "--endpoints", etcd.endpoint(0)};
+    argv.insert(argv.end(), args.begin(), args.end());
+    Process p(argv, {"ETCDCTL_API=3"});
+    const auto code = p.wait(10s);
+    INFO(p.output());
+    REQUIRE(code == 0);
+  };
+  etcdctl({"user", "add", "root:secret-root"});
+  etcdctl({"user", "add", "weldr:secret-weldr"});
+  etcdctl({"role", "add", "weldr"});
+  etcdctl({"role", "grant-permission", "weldr", "--prefix=true", "readwrite", "/weldr/test/"});
+  etcdctl({"user", "grant-role", "weldr", "weldr"});
+  etcdctl({"auth", "enable"});
+
+  Origin origin;
+  auto node = [&](const std::string& name, const std::string& password) {
+    std::vector<std::string> argv{WELDR_CLI_PATH, "--ip",        "127.0.0.1:0", "--admin-ip",     "127.0.0.1:0",
+                                  "--threads",    "1",           "--etcd",      etcd.endpoints(), "--cluster-name",
+                                  "test",         "--node-name", name,          "--etcd-user",    "weldr"};
+    return std::make_unique<Process>(argv, std::vector<std::string>{"WELDR_ETCD_PASSWORD=" + password});
+  };
+  auto good = node("a", "secret-weldr");
+  const auto api = port_from_line(good->wait_for_line("management API listening on").value_or(""));
+  REQUIRE(api != 0);
+  CHECK(good->wait_for_line("is now active", 10s).has_value());
+  CHECK(request(api, "POST", "/servers", registration(origin.url())).status == 201);
+
+  auto bad = node("b", "wrong");
+  const auto bad_api = port_from_line(bad->wait_for_line("management API listening on").value_or(""));
+  REQUIRE(bad_api != 0);
+  CHECK(bad->wait_for_line("authentication failed", 10s).has_value());
+  const auto refused = request(bad_api, "POST", "/servers", registration("http://127.0.0.1:21500"));
+  CHECK(refused.status == 503);
+  CHECK(refused.body.find("authentication failed") != std::string::npos);
+}
