@@ -152,6 +152,19 @@ int main(int argc, char** argv) {
     return parsed.exit_code;
   }
   const weldr::cli::Options& options = *parsed.options;
+  if (options.check_config) {
+    // Everything parse_options checks, plus the state file, which only main() reads.
+    if (!options.state_file.empty()) {
+      try {
+        weldr::load_state_file(options.state_file);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "weldr-cli: %s\n", e.what());
+        return 2;
+      }
+    }
+    std::puts("weldr-cli: configuration OK");
+    return 0;
+  }
   // A closed pipe (--access-log - | head) must not kill the proxy: writes fail with EPIPE and
   // are logged instead. Asio's sockets already send with MSG_NOSIGNAL.
   std::signal(SIGPIPE, SIG_IGN);

@@ -6,6 +6,8 @@
 
 #include <charconv>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace weldr::cli {
@@ -102,6 +104,85 @@ struct UrlValidator : CLI::Validator {
   }
 };
 
+// The --help section of each flag, so that 50 flags read like a manual's chapters.
+std::string_view group_of(std::string_view name) {
+  static const std::pair<std::string_view, std::string_view> groups[] = {
+      {"ip", "Listeners"},
+      {"threads", "Listeners"},
+      {"backlog", "Listeners"},
+      {"max-connections", "Listeners"},
+      {"server", "Origins and balancing"},
+      {"state-file", "Origins and balancing"},
+      {"balance", "Origins and balancing"},
+      {"hash-key", "Origins and balancing"},
+      {"slow-start", "Origins and balancing"},
+      {"retries", "Origins and balancing"},
+      {"retry-budget", "Origins and balancing"},
+      {"fail-open", "Origins and balancing"},
+      {"admin-ip", "Management API"},
+      {"admin-token", "Management API"},
+      {"access-log", "Logging"},
+      {"access-log-format", "Logging"},
+      {"log-level", "Logging"},
+      {"help", "General"},
+      {"version", "General"},
+      {"config", "Configuration"},
+      {"print-config", "Configuration"},
+      {"check-config", "Configuration"},
+  };
+  for (const auto& [flag, group] : groups) {
+    if (name == flag) return group;
+  }
+  if (name.starts_with("health-") || name.starts_with("outlier-")) return "Health";
+  if (name.starts_with("etcd") || name.starts_with("cluster-") || name.starts_with("node-") ||
+      name.starts_with("lease-") || name.starts_with("vip") || name.starts_with("role-change") ||
+      name == "on-role-change") {
+    return "Cluster";
+  }
+  if (name.ends_with("-timeout") || name.starts_with("max-") || name == "buffer-size") return "Limits and timeouts";
+  return "Other";
+}
+
+// --print-config's text: CLI11's, with the settings that are empty (no state file, no server...)
+// commented out, so that the file reads back as it is and shows what can be set.
+std::string config_text(const std::string& cli11) {
+  std::string out = "# weldr-cli " WELDR_VERSION " configuration: weldr-cli --config FILE reads it back\n";
+  std::istringstream in(cli11);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line == "# General Options") continue;  // --help and --version: not settable in a file
+    if (line.starts_with("# ") && line.ends_with(" Options")) line = "# ---- " + line.substr(2, line.size() - 10);
+    if (line.ends_with("=\"\"") || line.ends_with("=''")) line = "# " + line;
+    out += line;
+    out += '\n';
+  }
+  return out;
+}
+
+// "FILE:LINE: " when the error is about a key that the --config file sets, so that a bad file
+// is found at once; "" otherwise. CLI11 names the key but not where it is.
+std::string where_in_config(CLI::App& app, const std::string& error) {
+  const CLI::Option* config = app.get_config_ptr();
+  if (config == nullptr || config->count() == 0) return {};
+  const std::string path = config->as<std::string>();
+  std::ifstream in(path);
+  if (!in) return {};  // the error names the file already
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    const auto begin = line.find_first_not_of(" \t");
+    if (begin == std::string::npos || line[begin] == '#' || line[begin] == ';' || line[begin] == '[') continue;
+    auto end = line.find_first_of("= \t", begin);
+    const std::string key = line.substr(begin, end - begin);
+    if (key.empty()) continue;
+    // CLI11 quotes the key as "--key" or names it bare.
+    if (error.find("--" + key) != std::string::npos || error.find(" " + key) != std::string::npos ||
+        error.find(key + " ") != std::string::npos) {
+      return path + ":" + std::to_string(number) + ": ";
+    }
+  }
+  return path + ": ";
+}
+
 }  // namespace
 
 ParseResult parse_options(int argc, const char* const* argv) {
@@ -131,8 +212,20 @@ ParseResult parse_options(int argc, const char* const* argv) {
                  "File that keeps registered servers across restarts (written on every change)");
   app.add_option("--server", o.servers, "Origin server URL (repeatable), e.g. http://127.0.0.1:12345")
       ->check(UrlValidator{});
-  app.add_option("--threads", o.threads, "Worker threads, one event loop and listener each (default: cores)")
-      ->check(CLI::Range(1u, 1024u));
+  std::string threads = "auto";
+  app.add_option("--threads", threads,
+                 "Worker threads, one event loop and listener each (1 to 1024; auto: one per core)")
+      ->check(CLI::Validator(
+          [](std::string& value) -> std::string {
+            unsigned n = 0;
+            const auto [end, err] = std::from_chars(value.data(), value.data() + value.size(), n);
+            const bool number = err == std::errc{} && end == value.data() + value.size() && !value.empty();
+            return value == "auto" || (number && n >= 1 && n <= 1024)
+                       ? std::string{}
+                       : "invalid thread count '" + value + "' (use 1 to 1024, or auto)";
+          },
+          "N|auto"))
+      ->capture_default_str();
   app.add_option("--connect-timeout", connect_timeout, "Timeout to connect to a backend")
       ->check(DurationValidator{})
       ->capture_default_str();
@@ -279,6 +372,23 @@ ParseResult parse_options(int argc, const char* const* argv) {
       ->check(CLI::IsMember({"error", "warn", "info", "debug"}))
       ->capture_default_str();
 
+  bool print_config = false;
+  app.set_config("--config", "",
+                 "Read options from this file: one `name = value` line per flag, as --print-config "
+                 "writes them; flags on the command line win");
+  app.allow_config_extras(CLI::config_extras_mode::error);
+  app.add_flag("--print-config", print_config,
+               "Write the effective configuration (defaults included) in the --config format, and exit")
+      ->configurable(false);
+  app.add_flag("--check-config", o.check_config,
+               "Check the flags and the --config file (and read the --state-file), then exit 0 or 2 without "
+               "binding anything")
+      ->configurable(false);
+  for (CLI::Option* option : app.get_options()) {
+    const auto& names = option->get_lnames();
+    if (!names.empty()) option->group(std::string(group_of(names.front())));
+  }
+
   ParseResult result;
   try {
     app.parse(argc, argv);
@@ -289,8 +399,17 @@ ParseResult parse_options(int argc, const char* const* argv) {
     result.message = app.help();
     return result;
   } catch (const CLI::ParseError& e) {
+    std::string what = e.what();
+    constexpr std::string_view kUnknown = "INI was not able to parse ";
+    if (const auto at = what.find(kUnknown); at != std::string::npos) {
+      what = "unknown key '" + what.substr(at + kUnknown.size()) + "'";
+    }
     result.exit_code = 2;
-    result.message = std::string("weldr-cli: ") + e.what() + " (see --help)";
+    result.message = "weldr-cli: " + where_in_config(app, e.what()) + what + " (see --help)";
+    return result;
+  }
+  if (print_config) {
+    result.message = config_text(app.config_to_str(true, true));
     return result;
   }
 
@@ -359,6 +478,7 @@ ParseResult parse_options(int argc, const char* const* argv) {
     if (check.node.empty()) check.node = "node";  // main() picks the default name
     if (const std::string why = validate(check); !why.empty()) return fail(why);
   }
+  if (threads != "auto") std::from_chars(threads.data(), threads.data() + threads.size(), o.threads);
   if (o.threads == 0) o.threads = std::max(1u, std::thread::hardware_concurrency());
   o.proxy.reuse_port = o.threads > 1;
   result.options = std::move(o);

@@ -663,3 +663,21 @@ TEST_CASE("weldr-cli: out of descriptors it backs off, logs once a second, and r
   proxy.signal(SIGTERM);
   CHECK(proxy.wait() == 0);
 }
+
+TEST_CASE("weldr-cli --check-config validates without binding, and reads the state file", "[cli][e2e]") {
+  // The port is taken: --check-config must not try to bind it.
+  weldr::test::RefusingPort taken;
+  const std::string ip = "127.0.0.1:" + std::to_string(taken.port());
+  Process ok({WELDR_CLI_PATH, "--check-config", "--ip", ip, "--admin-ip", ip});
+  CHECK(ok.wait() == 0);
+  CHECK(ok.output().find("configuration OK") != std::string::npos);
+
+  TempDir dir;
+  const std::string state = dir.path + "/state.json";
+  std::ofstream(state) << "{ not json";
+  Process bad({WELDR_CLI_PATH, "--check-config", "--state-file", state});
+  CHECK(bad.wait() == 2);
+  INFO(bad.output());
+  CHECK(bad.output().find(state) != std::string::npos);
+  CHECK(std::count(bad.output().begin(), bad.output().end(), '\n') == 1);
+}

@@ -2,6 +2,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
 #include <vector>
 
 using namespace std::chrono_literals;
@@ -266,4 +272,100 @@ TEST_CASE("cluster flags", "[cli]") {
     CHECK(failed.exit_code == 2);
     CHECK(failed.message.find('\n') == std::string::npos);
   }
+}
+
+namespace {
+
+// A configuration file of the test's own, removed at the end.
+struct ConfigFile {
+  explicit ConfigFile(const std::string& text)
+      : path((std::filesystem::temp_directory_path() / ("weldr-options-test-" + std::to_string(::getpid()) + ".conf"))
+                 .string()) {
+    std::ofstream(path) << text;
+  }
+  ~ConfigFile() { std::remove(path.c_str()); }
+  ConfigFile(const ConfigFile&) = delete;
+  ConfigFile& operator=(const ConfigFile&) = delete;
+  std::string path;
+};
+
+}  // namespace
+
+TEST_CASE("a configuration file sets every flag; the command line wins", "[cli]") {
+  ConfigFile file(
+      "# a comment\n"
+      "ip = \"127.0.0.1:9080\"\n"
+      "threads = 3\n"
+      "server = [\"127.0.0.1:9001\", \"http://127.0.0.1:9002\"]\n"
+      "read-timeout = \"5s\"\n"
+      "fail-open = true\n"
+      "balance = \"least_conn\"\n"
+      "etcd = \"http://127.0.0.1:2379\"\n"
+      "lease-ttl = \"3s\"\n");
+  const auto r = parse({"--config", file.path.c_str(), "--threads", "2"});
+  INFO(r.message);
+  REQUIRE(r.options);
+  CHECK(r.options->listen == "127.0.0.1:9080");
+  CHECK(r.options->threads == 2);  // the command line wins
+  CHECK(r.options->servers == std::vector<std::string>{"127.0.0.1:9001", "http://127.0.0.1:9002"});
+  CHECK(r.options->proxy.read_timeout == 5000ms);
+  CHECK(r.options->proxy.fail_open);
+  CHECK(r.options->balance == "least_conn");
+  CHECK(r.options->cluster.lease_ttl == std::chrono::seconds(3));
+}
+
+TEST_CASE("a bad configuration file names the file, the line and the key, exit code 2", "[cli]") {
+  const std::vector<std::pair<std::string, std::string>> cases{
+      {"ip = \"127.0.0.1:1\"\nbogus = 1\n", ":2: unknown key 'bogus'"},
+      {"\n\nread-timeout = \"soon\"\n", ":3: --read-timeout"},
+      {"threads = 0\n", ":1: --threads"},
+  };
+  for (const auto& [text, expected] : cases) {
+    ConfigFile file(text);
+    const auto r = parse({"--config", file.path.c_str()});
+    INFO(r.message);
+    CHECK_FALSE(r.options);
+    CHECK(r.exit_code == 2);
+    CHECK(r.message.find(file.path + expected) != std::string::npos);
+    CHECK(r.message.find('\n') == std::string::npos);
+  }
+  const auto missing = parse({"--config", "/nonexistent/weldr.conf"});
+  CHECK(missing.exit_code == 2);
+  CHECK(missing.message.find("/nonexistent/weldr.conf") != std::string::npos);
+}
+
+TEST_CASE("--print-config writes every flag with its default, and reads back to the same options", "[cli]") {
+  const auto printed = parse({"--print-config", "--server", "127.0.0.1:9001", "--health-path", "/healthz"});
+  REQUIRE_FALSE(printed.options);
+  CHECK(printed.exit_code == 0);
+  const std::string& text = printed.message;
+  for (const char* line : {"ip=\"0.0.0.0:8080\"", "threads=\"auto\"", "read-timeout=\"30s\"", "lease-ttl=\"2s\"",
+                           "# state-file=\"\"", "# etcd=\"\""}) {
+    INFO(line);
+    CHECK(text.find(std::string("\n") + line + "\n") != std::string::npos);
+  }
+  CHECK(text.find("print-config") == std::string::npos);
+  CHECK(text.find("check-config") == std::string::npos);
+  ConfigFile file(text);
+  const auto back = parse({"--config", file.path.c_str()});
+  INFO(back.message);
+  REQUIRE(back.options);
+  const auto direct = parse({"--server", "127.0.0.1:9001", "--health-path", "/healthz"});
+  REQUIRE(direct.options);
+  CHECK(back.options->servers == direct.options->servers);
+  CHECK(back.options->health.path == "/healthz");
+  CHECK(back.options->listen == direct.options->listen);
+  CHECK(back.options->threads == direct.options->threads);
+  CHECK(back.options->proxy.read_timeout == direct.options->proxy.read_timeout);
+  CHECK(back.options->cluster.etcd.empty());
+}
+
+TEST_CASE("--help is grouped by topic", "[cli]") {
+  const auto help = parse({"--help"});
+  for (const char* group : {"Listeners:", "Origins and balancing:", "Health:", "Limits and timeouts:",
+                            "Management API:", "Logging:", "Cluster:", "Configuration:"}) {
+    INFO(group);
+    CHECK(help.message.find(std::string("\n") + group + "\n") != std::string::npos);
+  }
+  CHECK(help.message.find("Other:") == std::string::npos);
 }
