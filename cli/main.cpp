@@ -3,6 +3,7 @@
 // with its own Proxy on the shared port (SO_REUSEPORT), all sharing one Pool and one Stats.
 
 #include "options.hpp"
+#include "systemd.hpp"
 
 #include <weldr/access_log.hpp>
 #include <weldr/cluster.hpp>
@@ -169,6 +170,12 @@ int main(int argc, char** argv) {
   // are logged instead. Asio's sockets already send with MSG_NOSIGNAL.
   std::signal(SIGPIPE, SIG_IGN);
   weldr::set_log_level(options.log_level);
+  if (weldr::cli::stderr_is_journal()) {
+    // Under systemd: priorities for `journalctl -p`, and the journal's own timestamps.
+    weldr::set_log_sink([](weldr::LogLevel level, std::string_view line) {
+      std::fputs(weldr::cli::journal_line(level, line).c_str(), stderr);
+    });
+  }
 
   weldr::Pool pool;
   pool.set_balancer(weldr::make_balancer(options.balance));
@@ -301,6 +308,7 @@ int main(int argc, char** argv) {
         std::_Exit(1);
       }
       stopping = true;
+      weldr::cli::notify_systemd("STOPPING=1");
       wait_signal();
       auto drain = [&, signal] {
         api.stop();
@@ -335,9 +343,11 @@ int main(int argc, char** argv) {
   std::function<void()> wait_hangup = [&] {
     hangups.async_wait([&](std::error_code ec, int) {
       if (ec) return;
+      weldr::cli::notify_systemd("RELOADING=1");
       if (access_log && access_log->path() != "-" && access_log->reopen()) {
         log_line(weldr::LogLevel::info, fmt::format("access log {} reopened", access_log->path()));
       }
+      weldr::cli::notify_systemd("READY=1");
       wait_hangup();
     });
   };
@@ -353,6 +363,8 @@ int main(int argc, char** argv) {
       }
     });
   }
+  // Ready once it listens and its signals are handled (Type=notify).
+  weldr::cli::notify_systemd(fmt::format("READY=1\nSTATUS=listening on {}\nMAINPID={}", bound, ::getpid()));
   control.run();
   for (auto& w : workers)
     w->thread.join();

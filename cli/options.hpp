@@ -42,7 +42,7 @@ struct Options {
   ClusterOptions cluster;
   std::string on_role_change;                            ///< --on-role-change: a command
   std::chrono::milliseconds role_change_timeout{10000};  ///< --role-change-timeout
-  bool check_config{false};  ///< --check-config: validate, then exit without binding
+  bool check_config{false};                              ///< --check-config: validate, then exit without binding
 };
 
 /// The default connection cap for a descriptor limit: each client connection may hold two

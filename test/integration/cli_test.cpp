@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -680,4 +681,64 @@ TEST_CASE("weldr-cli --check-config validates without binding, and reads the sta
   INFO(bad.output());
   CHECK(bad.output().find(state) != std::string::npos);
   CHECK(std::count(bad.output().begin(), bad.output().end(), '\n') == 1);
+}
+
+TEST_CASE("weldr-cli tells systemd READY=1 once it listens, RELOADING=1 and READY=1 around SIGHUP, STOPPING=1",
+          "[cli][e2e]") {
+  TempDir dir;
+  const std::string path = dir.path + "/notify";
+  const int fd = ::socket(AF_UNIX, SOCK_DGRAM, 0);
+  sockaddr_un address{};
+  address.sun_family = AF_UNIX;
+  std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+  REQUIRE(::bind(fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
+  timeval tv{20, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto receive = [fd] {
+    char buf[512];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+  };
+  Process cli({WELDR_CLI_PATH, "--ip", "127.0.0.1:0", "--admin-ip", "127.0.0.1:0", "--threads", "1"},
+              {"NOTIFY_SOCKET=" + path});
+  const std::string ready = receive();
+  CHECK(ready.starts_with("READY=1\nSTATUS=listening on 127.0.0.1:"));
+  CHECK(ready.find("MAINPID=" + std::to_string(cli.pid())) != std::string::npos);
+  REQUIRE(cli.wait_for_line("management API listening on").has_value());
+  cli.signal(SIGHUP);
+  CHECK(receive() == "RELOADING=1");
+  CHECK(receive() == "READY=1");
+  cli.signal(SIGTERM);
+  CHECK(receive() == "STOPPING=1");
+  CHECK(cli.wait() == 0);
+  ::close(fd);
+}
+
+TEST_CASE("packaging/weldr.conf is valid and has every setting of --print-config", "[cli][e2e]") {
+  const std::string conf = std::string(WELDR_SOURCE_DIR) + "/packaging/weldr.conf";
+  Process check({WELDR_CLI_PATH, "--config", conf, "--check-config"});
+  CHECK(check.wait() == 0);
+  INFO(check.output());
+  std::ifstream in(conf);
+  const std::string shipped((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Process print({WELDR_CLI_PATH, "--print-config"});
+  CHECK(print.wait() == 0);
+  std::istringstream lines(print.output());
+  std::string line;
+  int settings = 0;
+  while (std::getline(lines, line)) {
+    const auto eq = line.find('=');
+    if (eq == std::string::npos || line.find(' ') < eq) {
+      if (!line.starts_with("# ") || line.find('=') == std::string::npos) continue;
+    }
+    std::string key = line.substr(0, eq);
+    if (key.starts_with("# ")) key = key.substr(2);
+    if (key.find(' ') != std::string::npos) continue;  // a description, not a setting
+    ++settings;
+    INFO(key);
+    const bool found = shipped.find("\n" + key + "=") != std::string::npos ||
+                       shipped.find("\n# " + key + "=") != std::string::npos;
+    CHECK(found);
+  }
+  CHECK(settings > 40);
 }
