@@ -334,7 +334,7 @@ TEST_CASE("a bad configuration file names the file, the line and the key, exit c
   CHECK(missing.message.find("/nonexistent/weldr.conf") != std::string::npos);
 }
 
-TEST_CASE("--print-config writes every flag with its default, and reads back to the same options", "[cli]") {
+TEST_CASE("weldr-cli --print-config writes every flag with its default, and reads back to the same options", "[cli]") {
   const auto printed = parse({"--print-config", "--server", "127.0.0.1:9001", "--health-path", "/healthz"});
   REQUIRE_FALSE(printed.options);
   CHECK(printed.exit_code == 0);
@@ -360,7 +360,7 @@ TEST_CASE("--print-config writes every flag with its default, and reads back to 
   CHECK(back.options->cluster.etcd.empty());
 }
 
-TEST_CASE("--help is grouped by topic", "[cli]") {
+TEST_CASE("weldr-cli --help is grouped by topic", "[cli]") {
   const auto help = parse({"--help"});
   for (const char* group : {"Listeners:", "Origins and balancing:", "Health:", "Limits and timeouts:",
                             "Management API:", "Logging:", "Cluster:", "Configuration:"}) {
