@@ -29,9 +29,12 @@
 #include <asio/steady_timer.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <deque>
+#include <filesystem>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -148,18 +151,33 @@ std::string host_name() {
 int main(int argc, char** argv) {
   auto parsed = weldr::cli::parse_options(argc, argv);
   if (!parsed.options) {
+    // Under systemd a bad configuration is an error for `journalctl -p err` too.
+    if (parsed.exit_code != 0 && weldr::cli::stderr_is_journal()) std::fputs("<3>", stderr);
     std::fputs(parsed.message.c_str(), parsed.exit_code == 0 ? stdout : stderr);
     if (parsed.exit_code != 0) std::fputc('\n', stderr);
     return parsed.exit_code;
   }
   const weldr::cli::Options& options = *parsed.options;
   if (options.check_config) {
-    // Everything parse_options checks, plus the state file, which only main() reads.
+    // Everything parse_options checks, plus what only main() touches: the state file is read,
+    // and the directories of the state file and the access log must be writable (the state
+    // file is rewritten through a temporary file beside it).
+    const char* journal = weldr::cli::stderr_is_journal() ? "<3>" : "";
     if (!options.state_file.empty()) {
       try {
         weldr::load_state_file(options.state_file);
       } catch (const std::exception& e) {
-        std::fprintf(stderr, "weldr-cli: %s\n", e.what());
+        std::fprintf(stderr, "%sweldr-cli: %s\n", journal, e.what());
+        return 2;
+      }
+    }
+    for (const auto& [flag, path] :
+         {std::pair{"--state-file", options.state_file}, std::pair{"--access-log", options.access_log}}) {
+      if (path.empty() || path == "-") continue;
+      const auto parent = std::filesystem::absolute(path).parent_path();
+      if (::access(parent.c_str(), W_OK) != 0) {
+        std::fprintf(stderr, "%sweldr-cli: %s %s: cannot write in %s: %s\n", journal, flag, path.c_str(),
+                     parent.c_str(), std::strerror(errno));
         return 2;
       }
     }

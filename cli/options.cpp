@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cctype>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
@@ -153,6 +154,9 @@ std::string config_text(const std::string& cli11) {
     if (line == "# General Options") continue;  // --help and --version: not settable in a file
     if (line.starts_with("# ") && line.ends_with(" Options")) line = "# ---- " + line.substr(2, line.size() - 10);
     if (line.ends_with("=\"\"") || line.ends_with("=''")) line = "# " + line;
+    // A secret is not written out: it belongs in the environment (WELDR_ADMIN_TOKEN), not in a
+    // file that is usually world-readable.
+    if (line.starts_with("admin-token=") && line != "admin-token=\"\"") line = "# admin-token=\"<not printed>\"";
     out += line;
     out += '\n';
   }
@@ -161,26 +165,49 @@ std::string config_text(const std::string& cli11) {
 
 // "FILE:LINE: " when the error is about a key that the --config file sets, so that a bad file
 // is found at once; "" otherwise. CLI11 names the key but not where it is.
-std::string where_in_config(CLI::App& app, const std::string& error) {
-  const CLI::Option* config = app.get_config_ptr();
-  if (config == nullptr || config->count() == 0) return {};
-  const std::string path = config->as<std::string>();
+std::string where_in_config(const CLI::App& app, const std::string& error, int argc, const char* const* argv) {
+  std::string path;
+  try {
+    const CLI::Option* config = app.get_config_ptr();
+    if (config == nullptr || config->count() != 1) return {};
+    path = config->as<std::string>();
+  } catch (const CLI::Error&) {
+    return {};
+  }
   std::ifstream in(path);
   if (!in) return {};  // the error names the file already
+  // Whether `error` names the flag `key` exactly ("--access-log" is not "--access-log-format").
+  auto names = [&](const std::string& key) {
+    for (const std::string& form : {"--" + key, " " + key}) {
+      for (auto at = error.find(form); at != std::string::npos; at = error.find(form, at + 1)) {
+        const auto next = at + form.size();
+        const char after = next < error.size() ? error[next] : ' ';
+        if (!std::isalnum(static_cast<unsigned char>(after)) && after != '-' && after != '_') return true;
+      }
+    }
+    return false;
+  };
+  // A flag given on the command line wins over the file: its error is not the file's.
+  auto on_command_line = [&](const std::string& key) {
+    for (int i = 1; i < argc; ++i) {
+      const std::string_view arg(argv[i]);
+      if (arg == "--" + key || arg.starts_with("--" + key + "=")) return true;
+    }
+    return false;
+  };
   std::string line;
+  bool about_file = false;
   for (int number = 1; std::getline(in, line); ++number) {
     const auto begin = line.find_first_not_of(" \t");
     if (begin == std::string::npos || line[begin] == '#' || line[begin] == ';' || line[begin] == '[') continue;
-    auto end = line.find_first_of("= \t", begin);
+    const auto end = line.find_first_of("= \t", begin);
     const std::string key = line.substr(begin, end - begin);
-    if (key.empty()) continue;
-    // CLI11 quotes the key as "--key" or names it bare.
-    if (error.find("--" + key) != std::string::npos || error.find(" " + key) != std::string::npos ||
-        error.find(key + " ") != std::string::npos) {
-      return path + ":" + std::to_string(number) + ": ";
-    }
+    if (key.empty() || !names(key)) continue;
+    if (on_command_line(key)) return {};
+    about_file = true;
+    return path + ":" + std::to_string(number) + ": ";
   }
-  return path + ": ";
+  return about_file ? path + ": " : std::string();
 }
 
 }  // namespace
@@ -405,13 +432,19 @@ ParseResult parse_options(int argc, const char* const* argv) {
       what = "unknown key '" + what.substr(at + kUnknown.size()) + "'";
     }
     result.exit_code = 2;
-    result.message = "weldr-cli: " + where_in_config(app, e.what()) + what + " (see --help)";
+    result.message = "weldr-cli: " + where_in_config(app, e.what(), argc, argv) + what + " (see --help)";
     return result;
   }
   if (print_config) {
     result.message = config_text(app.config_to_str(true, true));
     return result;
   }
+  // A value the checks below refuse: in the file's terms (file:line) when the file set it.
+  auto fail = [&](const std::string& why) {
+    result.exit_code = 2;
+    result.message = "weldr-cli: " + where_in_config(app, why, argc, argv) + why + " (see --help)";
+    return result;
+  };
 
   o.proxy.connect_timeout = *parse_duration(connect_timeout);
   o.proxy.read_timeout = *parse_duration(read_timeout);
@@ -424,44 +457,23 @@ ParseResult parse_options(int argc, const char* const* argv) {
   o.proxy.max_body_size = *parse_size(max_body_size);
   if (max_connections != "auto") o.max_connections = *parse_size(max_connections);
   o.proxy.buffer_size = *parse_size(buffer_size);
-  if (o.proxy.buffer_size < 4096 || o.proxy.buffer_size > (1u << 20)) {
-    result.exit_code = 2;
-    result.message = "weldr-cli: --buffer-size must be 4k to 1m (see --help)";
-    return result;
-  }
+  if (o.proxy.buffer_size < 4096 || o.proxy.buffer_size > (1u << 20)) return fail("--buffer-size must be 4k to 1m");
   if (o.proxy.max_request_line == 0 || o.proxy.max_head_size < 64 || o.proxy.max_head_size > (1u << 30) ||
       o.proxy.max_request_line > o.proxy.max_head_size) {
-    result.exit_code = 2;
-    result.message =
-        "weldr-cli: --max-request-line must be at least 1 and at most --max-head-size, which must be 64 bytes to 1g "
-        "(see --help)";
-    return result;
+    return fail("--max-request-line must be at least 1 and at most --max-head-size, which must be 64 bytes to 1g");
   }
   o.health.interval = *parse_duration(health_interval);
   o.health.timeout = *parse_duration(health_timeout);
   o.health.type = health_type == "tcp" ? HealthCheckOptions::Type::tcp : HealthCheckOptions::Type::http;
-  if (const auto why = o.health.validate(); !why.empty()) {
-    result.exit_code = 2;
-    result.message = "weldr-cli: invalid health-check settings: " + why + " (see --help)";
-    return result;
-  }
+  if (const auto why = o.health.validate(); !why.empty()) return fail("invalid health-check settings: " + why);
   o.proxy.hash_key = *parse_hash_key(hash_key);
   o.access_log_format = *parse_access_log_format(access_log_format);
   o.slow_start = *parse_duration(slow_start);
   o.outlier.base_ejection_time = *parse_duration(outlier_base);
   o.outlier.max_ejection_time = *parse_duration(outlier_max);
-  if (o.outlier.base_ejection_time.count() <= 0) {
-    result.exit_code = 2;
-    result.message = "weldr-cli: --outlier-base-time must be more than 0 (see --help)";
-    return result;
-  }
+  if (o.outlier.base_ejection_time.count() <= 0) return fail("--outlier-base-time must be more than 0");
   o.log_level = *parse_log_level(log_level);
   if (!o.cluster.etcd.empty() || !o.cluster.vip.empty() || !o.on_role_change.empty()) {
-    auto fail = [&](const std::string& why) {
-      result.exit_code = 2;
-      result.message = "weldr-cli: " + why + " (see --help)";
-      return result;
-    };
     if (o.cluster.etcd.empty()) return fail("--vip and --on-role-change need cluster mode (--etcd)");
     const auto ttl = *parse_duration(lease_ttl);
     if (ttl.count() % 1000 != 0 || ttl < std::chrono::seconds(1) || ttl > std::chrono::seconds(60)) {

@@ -10,11 +10,13 @@ if(WELDR_BUILD_CLI)
   # /usr/bin/weldr: the short name, a link to weldr-cli.
   file(CREATE_LINK weldr-cli "${PROJECT_BINARY_DIR}/weldr" SYMBOLIC)
   install(FILES "${PROJECT_BINARY_DIR}/weldr" DESTINATION "${CMAKE_INSTALL_BINDIR}" COMPONENT weldr_runtime)
+  # The unit and the configuration are for the package only (EXCLUDE_FROM_ALL: CPack installs the
+  # component by name, a plain `cmake --install` leaves them out): /etc/weldr/weldr.conf is an
+  # absolute destination, which a `cmake --install --prefix ...` must never overwrite.
   install(FILES "${PROJECT_SOURCE_DIR}/packaging/weldr.service" DESTINATION "lib/systemd/system"
-          COMPONENT weldr_runtime)
-  # The configuration goes to /etc whatever the prefix is: an absolute destination, which CPack
-  # stages under its own root (CPACK_SET_DESTDIR below).
-  install(FILES "${PROJECT_SOURCE_DIR}/packaging/weldr.conf" DESTINATION "/etc/weldr" COMPONENT weldr_runtime)
+          COMPONENT weldr_runtime EXCLUDE_FROM_ALL)
+  install(FILES "${PROJECT_SOURCE_DIR}/packaging/weldr.conf" DESTINATION "/etc/weldr" COMPONENT weldr_runtime
+          EXCLUDE_FROM_ALL)
   install(FILES "${PROJECT_SOURCE_DIR}/README.md" "${PROJECT_SOURCE_DIR}/LICENSE-MIT"
           DESTINATION "${CMAKE_INSTALL_DOCDIR}" COMPONENT weldr_runtime)
   install(DIRECTORY "${PROJECT_SOURCE_DIR}/docs/" DESTINATION "${CMAKE_INSTALL_DOCDIR}" COMPONENT weldr_runtime
@@ -31,6 +33,10 @@ if(WELDR_BUILD_CLI)
     install(FILES "${PROJECT_BINARY_DIR}/weldr-cli.1" DESTINATION "${CMAKE_INSTALL_MANDIR}/man1"
             COMPONENT weldr_runtime)
   endif()
+endif()
+
+if(NOT WELDR_TOP_LEVEL)
+  return()  # a parent project's own CPack configuration is not ours to replace
 endif()
 
 set(CPACK_GENERATOR DEB)
@@ -51,7 +57,7 @@ set(CPACK_DEBIAN_WELDR_RUNTIME_PACKAGE_SECTION net)
 set(CPACK_DEBIAN_WELDR_RUNTIME_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_WELDR_RUNTIME_PACKAGE_DEPENDS "adduser")
 set(CPACK_DEBIAN_WELDR_RUNTIME_PACKAGE_CONTROL_EXTRA
-    "${PROJECT_SOURCE_DIR}/packaging/debian/conffiles;${PROJECT_SOURCE_DIR}/packaging/debian/postinst;${PROJECT_SOURCE_DIR}/packaging/debian/postrm")
+    "${PROJECT_SOURCE_DIR}/packaging/debian/conffiles;${PROJECT_SOURCE_DIR}/packaging/debian/postinst;${PROJECT_SOURCE_DIR}/packaging/debian/prerm;${PROJECT_SOURCE_DIR}/packaging/debian/postrm")
 set(CPACK_DEBIAN_WELDR_RUNTIME_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 set(CPACK_DEBIAN_WELDR_DEVELOPMENT_PACKAGE_NAME libweldr-dev)
 set(CPACK_DEBIAN_WELDR_DEVELOPMENT_PACKAGE_SECTION libdevel)

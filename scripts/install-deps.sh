@@ -10,7 +10,7 @@ packages=(
   curl                                            # the demo's and the tests' client
   etcd-server etcd-client                         # cluster mode: the tests start real etcd members
   iproute2                                        # cluster tests: network namespaces for the virtual IP
-  help2man                                        # weldr-cli's man page, for the Debian package
+  help2man file                                   # the Debian package: man page; CPack's shlibdeps needs file
 )
 
 missing=()

@@ -46,7 +46,7 @@ constexpr std::string_view kJson = "Content-Type: application/json\r\n";
 struct Setup {
   // A constructor of its own: as an aggregate, a temporary Setup makes GCC 12 at -O2 warn that
   // the API options' strings may be used uninitialized (a false positive).
-  Setup() {}  // NOLINT(modernize-use-equals-default): "= default" keeps it an aggregate
+  Setup() {}  // NOLINT(modernize-use-equals-default): user-provided on purpose
   weldr::ApiOptions api{};
   weldr::ProxyOptions proxy{TestProxy::test_options()};
   /// When not empty, a StateFile on this path is started and handed to the API.

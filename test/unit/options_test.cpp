@@ -279,7 +279,8 @@ namespace {
 // A configuration file of the test's own, removed at the end.
 struct ConfigFile {
   explicit ConfigFile(const std::string& text)
-      : path((std::filesystem::temp_directory_path() / ("weldr-options-test-" + std::to_string(::getpid()) + ".conf"))
+      : path((std::filesystem::temp_directory_path() /
+              ("weldr-options-test-" + std::to_string(::getpid()) + "-" + std::to_string(next_++) + ".conf"))
                  .string()) {
     std::ofstream(path) << text;
   }
@@ -287,6 +288,9 @@ struct ConfigFile {
   ConfigFile(const ConfigFile&) = delete;
   ConfigFile& operator=(const ConfigFile&) = delete;
   std::string path;
+
+ private:
+  static inline int next_ = 0;  // several files may be open at once
 };
 
 }  // namespace
@@ -368,4 +372,32 @@ TEST_CASE("weldr-cli --help is grouped by topic", "[cli]") {
     CHECK(help.message.find(std::string("\n") + group + "\n") != std::string::npos);
   }
   CHECK(help.message.find("Other:") == std::string::npos);
+}
+
+TEST_CASE("configuration file errors: exact keys, the command line's own, two files, secrets", "[cli]") {
+  // "--access-log" set on line 1 is not what "--access-log-format" on line 2 is about.
+  ConfigFile file("access-log = \"-\"\naccess-log-format = \"xml\"\nbuffer-size = \"16k\"\n");
+  const auto format = parse({"--config", file.path.c_str()});
+  INFO(format.message);
+  CHECK(format.message.find(file.path + ":2: --access-log-format") != std::string::npos);
+  // A bad value given on the command line is not blamed on the file, even for a key it sets.
+  ConfigFile good("buffer-size = \"16k\"\n");
+  const auto command_line = parse({"--config", good.path.c_str(), "--buffer-size", "1k"});
+  INFO(command_line.message);
+  CHECK(command_line.exit_code == 2);
+  CHECK(command_line.message.find("--buffer-size must be 4k to 1m") != std::string::npos);
+  CHECK(command_line.message.find(good.path) == std::string::npos);
+  // A value refused after parsing is located in the file too.
+  ConfigFile small("buffer-size = \"1k\"\n");
+  const auto refused = parse({"--config", small.path.c_str()});
+  CHECK(refused.message.find(small.path + ":1: --buffer-size must be 4k to 1m") != std::string::npos);
+  // Two --config flags: one line and exit 2, not a crash.
+  const auto twice = parse({"--config", small.path.c_str(), "--config", small.path.c_str()});
+  CHECK(twice.exit_code == 2);
+  CHECK(twice.message.find("--config") != std::string::npos);
+  // The admin token is not written out.
+  const auto printed = parse({"--print-config", "--admin-token", "sekret"});
+  CHECK(printed.exit_code == 0);
+  CHECK(printed.message.find("sekret") == std::string::npos);
+  CHECK(printed.message.find("# admin-token=\"<not printed>\"") != std::string::npos);
 }
