@@ -11,6 +11,7 @@ packages=(
   etcd-server etcd-client                         # cluster mode: the tests start real etcd members
   iproute2                                        # cluster tests: network namespaces for the virtual IP
   help2man file                                   # the Debian package: man page; CPack's shlibdeps needs file
+  python3                                         # tests: docs/configuration.md is generated and compared
 )
 
 missing=()

@@ -738,9 +738,23 @@ TEST_CASE("packaging/weldr.conf is valid and has every setting of --print-config
     if (key.find(' ') != std::string::npos) continue;  // a description, not a setting
     ++settings;
     INFO(key);
-    const bool found = shipped.find("\n" + key + "=") != std::string::npos ||
-                       shipped.find("\n# " + key + "=") != std::string::npos;
+    const bool found =
+        shipped.find("\n" + key + "=") != std::string::npos || shipped.find("\n# " + key + "=") != std::string::npos;
     CHECK(found);
   }
   CHECK(settings > 40);
+}
+
+TEST_CASE("docs/configuration.md is what scripts/config_reference.py makes of --print-config", "[cli][e2e]") {
+  if (::access("/usr/bin/python3", X_OK) != 0) {
+    WARN("skipped: python3 is not installed (scripts/install-deps.sh installs it)");
+    return;
+  }
+  const std::string source = WELDR_SOURCE_DIR;
+  Process generate({"/usr/bin/python3", source + "/scripts/config_reference.py", WELDR_CLI_PATH});
+  CHECK(generate.wait() == 0);
+  std::ifstream in(source + "/docs/configuration.md");
+  const std::string committed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  INFO("regenerate it: scripts/config_reference.py build/asan/weldr-cli > docs/configuration.md");
+  CHECK(generate.output() == committed);
 }
