@@ -3,6 +3,7 @@
 #include <weldr/pool.hpp>
 
 #include "log_internal.hpp"
+#include "net/use_nothrow.hpp"
 
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
@@ -29,7 +30,7 @@ using std::chrono::milliseconds;
 
 namespace {
 
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using net::use_nothrow;
 constexpr milliseconds kMaxDuration = std::chrono::hours(24);
 
 std::optional<milliseconds> duration_value(const rapidjson::Value& v) {

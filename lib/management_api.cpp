@@ -13,6 +13,7 @@
 #include "http/rewrite.hpp"
 #include "log_internal.hpp"
 #include "net/listen.hpp"
+#include "net/use_nothrow.hpp"
 #include "net/watchdog.hpp"
 
 #include <asio/co_spawn.hpp>
@@ -29,7 +30,7 @@ using net::Watchdog;
 
 namespace {
 
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using net::use_nothrow;
 
 /// What a route answers.
 struct Reply {

@@ -12,6 +12,7 @@
 #include "net/buffer.hpp"
 #include "net/frame_pool.hpp"
 #include "net/listen.hpp"
+#include "net/use_nothrow.hpp"
 #include "net/watchdog.hpp"
 #include "retry_budget.hpp"
 
@@ -53,7 +54,7 @@ using clock_type = std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using net::use_nothrow;
 
 // GCC 12 miscompiles some coroutines whose co_await or co_return statements contain ?:, && or
 // || (it resumes a corrupt frame), so throughout this file such expressions are computed into

@@ -8,6 +8,7 @@
 #include "cluster/etcd_codec.hpp"
 #include "cluster/virtual_ip.hpp"
 #include "log_internal.hpp"
+#include "net/use_nothrow.hpp"
 
 #include <asio/co_spawn.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -33,7 +34,7 @@ namespace c = cluster;
 
 namespace {
 
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using net::use_nothrow;
 constexpr std::string_view kHealthCheck = "health-check";
 // Gratuitous ARPs (or unsolicited neighbour advertisements) after taking the address, as
 // keepalived sends several: one lost frame must not leave clients on the old node.

@@ -2,6 +2,7 @@
 
 #include "cluster/etcd_codec.hpp"
 #include "http/parser.hpp"
+#include "net/use_nothrow.hpp"
 
 #include <asio/connect.hpp>
 #include <asio/experimental/as_tuple.hpp>
@@ -22,7 +23,7 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 
-constexpr auto use_nothrow = asio::experimental::as_tuple(asio::use_awaitable);
+using net::use_nothrow;
 constexpr int kUnauthenticated = 16;
 constexpr int kUnavailable = 14;
 constexpr int kDeadlineExceeded = 4;
