@@ -48,6 +48,11 @@ Reply json_error(int status, std::string_view message, std::string headers = {})
   return json_reply(status, api::error_json(message), std::move(headers));
 }
 
+// 405, with the methods the resource takes.
+Reply not_allowed(std::string_view allow) {
+  return json_error(405, "method not allowed", fmt::format("Allow: {}\r\n", allow));
+}
+
 // Compares without an early exit, so the time taken does not tell how much of a guess matched.
 // A missing Content-Type is taken as JSON; another media type is refused (415).
 bool json_content_type(std::string_view content_type, bool has_content_type) {
@@ -281,9 +286,6 @@ asio::awaitable<Reply> detail::ManagementApiImpl::route(std::string_view method,
   std::string_view path = target.substr(0, target.find('?'));
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   const bool get = method == "GET" || method == "HEAD";
-  auto not_allowed = [](std::string_view allow) {
-    return json_error(405, "method not allowed", fmt::format("Allow: {}\r\n", allow));
-  };
 
   if (path == "/") co_return get ? json_reply(200, api::index_json()) : not_allowed("GET, HEAD");
   if (path == "/servers") {
@@ -377,7 +379,7 @@ asio::awaitable<Reply> detail::ManagementApiImpl::health_config(std::string_view
   if (options.health_checker == nullptr) co_return json_error(404, "health checks are not enabled");
   HealthChecker& checker = *options.health_checker;
   if (method == "GET" || method == "HEAD") co_return json_reply(200, to_json(checker.defaults()) + "\n");
-  if (method != "PUT") co_return json_error(405, "method not allowed", "Allow: GET, HEAD, PUT\r\n");
+  if (method != "PUT") co_return not_allowed("GET, HEAD, PUT");
   if (!json_content_type(content_type, has_content_type)) {
     co_return json_error(415, "the body must be application/json");
   }
@@ -395,11 +397,11 @@ asio::awaitable<Reply> detail::ManagementApiImpl::cluster_route(std::string_view
   auto self = shared_from_this();
   const bool get = method == "GET" || method == "HEAD";
   if (path == "/cluster") {
-    if (!get) co_return json_error(405, "method not allowed", "Allow: GET, HEAD\r\n");
+    if (!get) co_return not_allowed("GET, HEAD");
     if (options.cluster == nullptr) co_return json_reply(200, api::standalone_cluster_json());
     co_return json_reply(200, api::cluster_json(options.cluster->status()));
   }
-  if (method != "POST") co_return json_error(405, "method not allowed", "Allow: POST\r\n");
+  if (method != "POST") co_return not_allowed("POST");
   if (options.cluster == nullptr) co_return json_error(409, "this node is not in a cluster");
   const std::string error = co_await options.cluster->resign();
   if (!error.empty()) {

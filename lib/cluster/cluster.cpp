@@ -819,9 +819,7 @@ asio::awaitable<c::CallResult> detail::ClusterImpl::commit(std::string_view path
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     c::CallResult r = co_await client.call(path, body, true, std::max(left, milliseconds(1)));
     if (r.ok() || stopped || Clock::now() + milliseconds(100) >= deadline) co_return r;
-    const auto e = c::parse_error(r.body);
-    const bool retry = r.ec || r.status >= 500 || (e && (e->code == 14 || e->code == 4));
-    if (!retry) co_return r;
+    if (!c::transient(r)) co_return r;
     if (maybe_twice != nullptr && r.maybe_applied) *maybe_twice = true;
     co_await sleep(milliseconds(50));
   }

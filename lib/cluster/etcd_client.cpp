@@ -28,15 +28,14 @@ constexpr int kUnauthenticated = 16;
 constexpr int kUnavailable = 14;
 constexpr int kDeadlineExceeded = 4;
 
-// etcd's answers that say "not now", after which another member may do better.
+}  // namespace
+
 bool transient(const CallResult& r) {
   if (r.ec) return true;
   if (r.status >= 500) return true;
   const auto e = parse_error(r.body);
   return e && (e->code == kUnavailable || e->code == kDeadlineExceeded);
 }
-
-}  // namespace
 
 std::optional<std::vector<Endpoint>> parse_endpoints(std::string_view urls, std::string& error) {
   std::vector<Endpoint> out;
@@ -324,18 +323,15 @@ asio::awaitable<CallResult> EtcdClient::call(std::string_view path, std::string 
     auto attempt_deadline = deadline;
     if (idempotent && n > 1 && attempt + 1 < n) attempt_deadline = Clock::now() + (deadline - Clock::now()) / 2;
     CallResult r = co_await impl->authenticated(ep, path, body, attempt_deadline);
-    if (r.ok() || !transient(r)) {
-      if (r.ok()) impl->preferred = i;
-      if (!r.ok() && r.error.empty()) {
-        const auto e = parse_error(r.body);
-        r.error = fmt::format("etcd at {}: {}", ep.url, e ? e->message : fmt::format("HTTP {}", r.status));
-      }
+    if (r.ok()) {
+      impl->preferred = i;
       co_return r;
     }
     if (r.error.empty()) {
       const auto e = parse_error(r.body);
       r.error = fmt::format("etcd at {}: {}", ep.url, e ? e->message : fmt::format("HTTP {}", r.status));
     }
+    if (!transient(r)) co_return r;
     if (impl->preferred == i) impl->preferred = (i + 1) % n;
     // A member that fails a call may be the one the watch hangs on, silently: move the watch.
     if (impl->watch_url == ep.url && impl->watch_socket) {

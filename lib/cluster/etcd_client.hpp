@@ -54,6 +54,10 @@ struct CallResult {
   [[nodiscard]] bool ok() const noexcept { return !ec && status == 200; }
 };
 
+/// True when a failed call may succeed if tried again, on this member or another: a transport
+/// failure, a 5xx, or etcd's "not now" (gRPC Unavailable: no leader; DeadlineExceeded).
+bool transient(const CallResult& result);
+
 /// The client. Every call is bounded by its timeout; members are tried in turn, starting with
 /// the one that last worked.
 class EtcdClient {
